@@ -1,0 +1,232 @@
+"""Schedules that cycle: cyclical, warm restarts (SGDR) and one-cycle."""
+
+import math
+
+import keras
+from keras import ops
+
+from kerastrain.schedules._base import FLOAT, Schedule, check, is_real, positive, step_count
+
+
+@keras.saving.register_keras_serializable(package="kerastrain")
+class CyclicalLearningRate(Schedule):
+    """Cyclical learning rate (Smith, 2017, arXiv:1506.01186).
+
+    With `t` the step and `s = step_size` (half a cycle):
+    `cycle = floor(1 + t / (2 s))`, `x = |t / s - 2 cycle + 1|`,
+    `lr = base_lr + (max_lr - base_lr) * max(0, 1 - x) * scale`, where
+    `scale` is 1 (`"triangular"`), `1 / 2 ** (cycle - 1)` (`"triangular2"`)
+    or `gamma ** t` (`"exp_range"`). The rate is `base_lr` at steps
+    `0, 2 s, 4 s, ...` and peaks at `s, 3 s, ...`. Keras has no cyclical
+    schedule.
+
+    Args:
+        base_lr: lower bound of the cycle, >= 0.
+        max_lr: upper bound of the cycle, > base_lr.
+        step_size: steps in half a cycle (int >= 1); Smith suggests 2-10 epochs.
+        mode: `"triangular"`, `"triangular2"` or `"exp_range"`.
+            Defaults to `"triangular"`.
+        gamma: per-step decay of the amplitude in `"exp_range"` mode,
+            `0 < gamma <= 1`; must stay 1 in the other modes. Defaults to `1.0`.
+        name: name of the schedule. Defaults to `"CyclicalLearningRate"`.
+
+    Example:
+
+    >>> schedule = CyclicalLearningRate(1e-4, 1e-2, step_size=2000)
+    >>> optimizer = keras.optimizers.SGD(schedule, momentum=0.9)
+    """
+
+    MODES = ("triangular", "triangular2", "exp_range")
+
+    def __init__(self, base_lr, max_lr, step_size, mode="triangular", gamma=1.0,
+                 name="CyclicalLearningRate"):
+        super().__init__(name)
+        check("base_lr", base_lr, is_real(base_lr) and base_lr >= 0, "base_lr >= 0")
+        check("max_lr", max_lr, is_real(max_lr) and max_lr > base_lr,
+              f"max_lr > base_lr (base_lr={base_lr!r})")
+        check("mode", mode, mode in self.MODES, f"one of {list(self.MODES)}")
+        check("gamma", gamma, is_real(gamma) and 0 < gamma <= 1, "0 < gamma <= 1")
+        if mode != "exp_range" and gamma != 1:
+            raise ValueError(
+                f"Invalid value for `gamma`: it only applies to mode='exp_range', "
+                f"received gamma={gamma!r} with mode={mode!r}; use mode='exp_range' "
+                "or leave gamma=1.0")
+        self.base_lr, self.max_lr = float(base_lr), float(max_lr)
+        self.step_size = step_count("step_size", step_size)
+        self.mode, self.gamma = mode, float(gamma)
+
+    def __call__(self, step):
+        with keras.name_scope(self.name):
+            t = ops.cast(step, FLOAT)
+            cycle = ops.floor(1.0 + t / (2.0 * self.step_size))
+            x = ops.abs(t / self.step_size - 2.0 * cycle + 1.0)
+            if self.mode == "triangular":
+                scale = 1.0
+            elif self.mode == "triangular2":
+                scale = 1.0 / ops.power(2.0, cycle - 1.0)
+            else:
+                scale = ops.power(self.gamma, t)
+            height = (self.max_lr - self.base_lr) * ops.maximum(0.0, 1.0 - x)
+            return self.base_lr + height * scale
+
+    def get_config(self):
+        return {**super().get_config(), "base_lr": self.base_lr, "max_lr": self.max_lr,
+                "step_size": self.step_size, "mode": self.mode, "gamma": self.gamma}
+
+
+@keras.saving.register_keras_serializable(package="kerastrain")
+class WarmRestarts(keras.optimizers.schedules.CosineDecayRestarts):
+    """Cosine annealing with warm restarts (SGDR, Loshchilov & Hutter, 2017).
+
+    Cycle `i` lasts `T_i = first_cycle_steps * t_mul ** i` steps; at step `t`
+    of it, `lr = initial_learning_rate * (alpha + (1 - alpha) * m_mul ** i *
+    (1 + cos(pi * t / T_i)) / 2)`: a half cosine from
+    `initial_learning_rate * (alpha + (1 - alpha) * m_mul ** i)` down towards
+    `alpha * initial_learning_rate`, then a restart. The values are Keras'
+    `CosineDecayRestarts`; this subclass validates its arguments and adds
+    `cycle_end_steps()` / `cycle_end_epochs()`, the steps where each cycle
+    reaches its minimum, which is where snapshot ensembles save a model.
+
+    Args:
+        initial_learning_rate: rate at the start of the first cycle, > 0.
+        first_cycle_steps: length of the first cycle in steps (int >= 1).
+        t_mul: growth factor of the cycle length, >= 1. Defaults to `2.0`.
+        m_mul: factor on the peak rate of each new cycle, `0 < m_mul <= 1`.
+            Defaults to `1.0`.
+        alpha: minimum rate as a fraction of `initial_learning_rate`, in `[0, 1]`.
+            Defaults to `0.0`.
+        name: name of the schedule. Defaults to `"WarmRestarts"`.
+
+    Example:
+
+    >>> schedule = WarmRestarts(0.05, first_cycle_steps=1000, t_mul=1.0)
+    >>> schedule.cycle_end_steps(3000)
+    [999, 1999, 2999]
+    """
+
+    def __init__(self, initial_learning_rate, first_cycle_steps, t_mul=2.0, m_mul=1.0,
+                 alpha=0.0, name="WarmRestarts"):
+        positive("initial_learning_rate", initial_learning_rate)
+        first_cycle_steps = step_count("first_cycle_steps", first_cycle_steps)
+        check("t_mul", t_mul, is_real(t_mul) and t_mul >= 1, "t_mul >= 1")
+        check("m_mul", m_mul, is_real(m_mul) and 0 < m_mul <= 1, "0 < m_mul <= 1")
+        check("alpha", alpha, is_real(alpha) and 0 <= alpha <= 1, "0 <= alpha <= 1")
+        super().__init__(float(initial_learning_rate), first_cycle_steps, t_mul=float(t_mul),
+                         m_mul=float(m_mul), alpha=float(alpha), name=name)
+
+    def cycle_end_steps(self, total_steps):
+        """Returns the last step of every cycle that ends within `total_steps` steps.
+
+        Args:
+            total_steps: number of steps trained (steps `0 .. total_steps - 1`).
+
+        Returns:
+            Increasing list of step indices; at each the rate is at its cycle's
+            minimum and the next step restarts.
+        """
+        step_count("total_steps", total_steps)
+        ends, start, length = [], 0.0, float(self.first_decay_steps)
+        while True:
+            # Keras assigns step t to the cycle with start <= t < start + length.
+            last = math.ceil(start + length) - 1
+            if last >= total_steps:
+                return ends
+            ends.append(last)
+            start, length = start + length, length * self._t_mul
+
+    def cycle_end_epochs(self, epochs, steps_per_epoch):
+        """Returns the 0-based epochs within `epochs` during which a cycle ends.
+
+        A cycle ends on an epoch's last batch when `first_cycle_steps` is a
+        multiple of `steps_per_epoch` and `t_mul` is an integer.
+
+        Args:
+            epochs: number of epochs trained.
+            steps_per_epoch: optimizer steps per epoch.
+
+        Returns:
+            Increasing list of epoch indices.
+        """
+        steps_per_epoch = step_count("steps_per_epoch", steps_per_epoch)
+        total = step_count("epochs", epochs) * steps_per_epoch
+        return sorted({step // steps_per_epoch for step in self.cycle_end_steps(total)})
+
+    def get_config(self):
+        config = super().get_config()
+        config["first_cycle_steps"] = config.pop("first_decay_steps")
+        return config
+
+
+@keras.saving.register_keras_serializable(package="kerastrain")
+class OneCycle(Schedule):
+    """One-cycle learning rate (Smith & Topin, 2017), as PyTorch's `OneCycleLR`.
+
+    The rate anneals from `max_lr / div_factor` up to `max_lr` over the first
+    `pct_start * total_steps - 1` steps, then down to
+    `max_lr / (div_factor * final_div_factor)` at step `total_steps - 1`, along
+    a half cosine (`anneal="cos"`) or a line (`anneal="linear"`). The values
+    are PyTorch's two-phase `OneCycleLR`; later steps keep the final rate
+    (where PyTorch raises). Keras has no one-cycle schedule.
+
+    Args:
+        max_lr: peak learning rate, > 0.
+        total_steps: steps in the whole cycle (int >= 2).
+        pct_start: fraction of the steps spent increasing, in `(0, 1)`.
+            Defaults to `0.3`.
+        div_factor: initial rate is `max_lr / div_factor`, >= 1. Defaults to `25.0`.
+        final_div_factor: final rate is the initial rate / this, >= 1.
+            Defaults to `1e4`.
+        anneal: `"cos"` or `"linear"`. Defaults to `"cos"`.
+        name: name of the schedule. Defaults to `"OneCycle"`.
+
+    Example:
+
+    >>> schedule = OneCycle(max_lr=0.1, total_steps=10 * steps_per_epoch)
+    >>> model.compile(optimizer=keras.optimizers.SGD(schedule, momentum=0.9), ...)
+    """
+
+    def __init__(self, max_lr, total_steps, pct_start=0.3, div_factor=25.0,
+                 final_div_factor=1e4, anneal="cos", name="OneCycle"):
+        super().__init__(name)
+        self.max_lr = positive("max_lr", max_lr)
+        self.total_steps = step_count("total_steps", total_steps)
+        check("pct_start", pct_start, is_real(pct_start) and 0 < pct_start < 1,
+              "0 < pct_start < 1")
+        # Each phase needs a positive length or its progress would divide by zero.
+        check("pct_start", pct_start, 1 < pct_start * total_steps < total_steps,
+              f"1 < pct_start * total_steps < total_steps (total_steps={total_steps})")
+        check("div_factor", div_factor, is_real(div_factor) and div_factor >= 1,
+              "div_factor >= 1")
+        check("final_div_factor", final_div_factor,
+              is_real(final_div_factor) and final_div_factor >= 1, "final_div_factor >= 1")
+        check("anneal", anneal, anneal in ("cos", "linear"), "'cos' or 'linear'")
+        self.pct_start, self.div_factor = float(pct_start), float(div_factor)
+        self.final_div_factor, self.anneal = float(final_div_factor), anneal
+
+    def __call__(self, step):
+        with keras.name_scope(self.name):
+            t = ops.minimum(ops.cast(step, FLOAT), self.total_steps - 1.0)
+            initial = self.max_lr / self.div_factor
+            final = initial / self.final_div_factor
+            peak_step = self.pct_start * self.total_steps - 1.0
+            up = self._anneal(initial, self.max_lr, t / peak_step)
+            down = self._anneal(self.max_lr, final,
+                                (t - peak_step) / (self.total_steps - 1.0 - peak_step))
+            return ops.where(t <= peak_step, up, down)
+
+    def _anneal(self, start, end, pct):
+        # Weighted sums rather than PyTorch's `start + (end - start) * pct`:
+        # same values, without float32 cancellation near the tiny final rate.
+        if self.anneal == "linear":
+            weight = 1.0 - pct
+        else:
+            weight = (ops.cos(math.pi * pct) + 1.0) / 2.0
+        return start * weight + end * (1.0 - weight)
+
+    def get_config(self):
+        return {**super().get_config(), "max_lr": self.max_lr,
+                "total_steps": self.total_steps, "pct_start": self.pct_start,
+                "div_factor": self.div_factor, "final_div_factor": self.final_div_factor,
+                "anneal": self.anneal}
+
+

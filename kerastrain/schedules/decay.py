@@ -1,0 +1,137 @@
+"""Step decay and linear warm-up."""
+
+import keras
+from keras import ops
+
+from kerastrain.schedules._base import FLOAT, Schedule, check, is_real, positive, step_count
+
+
+@keras.saving.register_keras_serializable(package="kerastrain")
+class StepDecay(Schedule):
+    """Multiplies the learning rate by `factor` every few steps or at milestones.
+
+    Periodic form: `lr = initial_learning_rate * factor ** floor(step / drop_every_steps)`.
+    Milestone form: `lr = initial_learning_rate * factor ** n`, where `n` counts
+    the `boundaries` with `boundary <= step`. Give exactly one of the two.
+    Keras' `PiecewiseConstantDecay` needs every value spelled out; this takes
+    the two numbers a step schedule is described by.
+
+    Args:
+        initial_learning_rate: learning rate before the first drop, > 0.
+        drop_every_steps: drop every this many steps (int >= 1). Defaults to `None`.
+        factor: multiplier applied at each drop, `0 < factor <= 1`. Defaults to `0.1`.
+        boundaries: increasing steps (ints >= 1) at which the rate drops.
+            Defaults to `None`.
+        name: name of the schedule. Defaults to `"StepDecay"`.
+
+    Example:
+
+    >>> schedule = StepDecay(0.1, boundaries=[3000, 6000], factor=0.1)
+    >>> float(schedule(4000))  # 0.1 * 0.1
+    0.01
+    """
+
+    def __init__(self, initial_learning_rate, drop_every_steps=None, factor=0.1,
+                 boundaries=None, name="StepDecay"):
+        super().__init__(name)
+        self.initial_learning_rate = positive("initial_learning_rate", initial_learning_rate)
+        if (drop_every_steps is None) == (boundaries is None):
+            raise ValueError(
+                "Invalid arguments for `StepDecay`: expected exactly one of "
+                "`drop_every_steps` (periodic drops) or `boundaries` (milestones), "
+                f"received drop_every_steps={drop_every_steps!r}, boundaries={boundaries!r}")
+        if drop_every_steps is not None:
+            drop_every_steps = step_count("drop_every_steps", drop_every_steps)
+        else:
+            if isinstance(boundaries, (str, bytes)) or not hasattr(boundaries, "__iter__"):
+                boundaries = [boundaries]
+            boundaries = [step_count("boundaries", b) for b in boundaries]
+            if not boundaries or any(a >= b for a, b in zip(boundaries, boundaries[1:])):
+                raise ValueError(
+                    "Invalid value for `boundaries`: expected a non-empty, strictly "
+                    f"increasing list of steps, received boundaries={boundaries!r}")
+        check("factor", factor, is_real(factor) and 0 < factor <= 1, "0 < factor <= 1")
+        self.drop_every_steps = drop_every_steps
+        self.boundaries = boundaries
+        self.factor = float(factor)
+
+    def __call__(self, step):
+        with keras.name_scope(self.name):
+            t = ops.cast(step, FLOAT)
+            if self.boundaries is None:
+                drops = ops.floor(t / self.drop_every_steps)
+            else:
+                # The trailing axis keeps this elementwise for a tensor of steps.
+                passed = ops.greater_equal(ops.expand_dims(t, -1),
+                                           ops.array(self.boundaries, FLOAT))
+                drops = ops.sum(ops.cast(passed, FLOAT), axis=-1)
+            return self.initial_learning_rate * ops.power(self.factor, drops)
+
+    def get_config(self):
+        return {**super().get_config(),
+                "initial_learning_rate": self.initial_learning_rate,
+                "drop_every_steps": self.drop_every_steps,
+                "factor": self.factor,
+                "boundaries": self.boundaries}
+
+
+
+@keras.saving.register_keras_serializable(package="kerastrain")
+class Warmup(Schedule):
+    """Linear warm-up in front of any schedule or constant rate.
+
+    For `step < warmup_steps`:
+    `lr = initial_learning_rate + (schedule(0) - initial_learning_rate) * step / warmup_steps`;
+    afterwards `lr = schedule(step - warmup_steps)`: the wrapped schedule
+    starts when the warm-up ends, so its own step counts (cycle lengths,
+    drop steps) are measured from there and the rate is continuous. Keras
+    builds warm-up into `CosineDecay` only; this wraps any schedule.
+
+    Args:
+        schedule: a `LearningRateSchedule` or a float learning rate.
+        warmup_steps: length of the warm-up in steps (int >= 1).
+        initial_learning_rate: rate at step 0, >= 0. Defaults to `0.0`.
+        name: name of the schedule. Defaults to `"Warmup"`.
+
+    Example:
+
+    >>> schedule = Warmup(StepDecay(0.1, drop_every_steps=3000), warmup_steps=500)
+    >>> float(schedule(250))
+    0.05
+    """
+
+    def __init__(self, schedule, warmup_steps, initial_learning_rate=0.0, name="Warmup"):
+        super().__init__(name)
+        if isinstance(schedule, dict):
+            schedule = keras.optimizers.schedules.deserialize(schedule)
+        if not isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+            schedule = positive("schedule", schedule)
+        self.schedule = schedule
+        self.warmup_steps = step_count("warmup_steps", warmup_steps)
+        check("initial_learning_rate", initial_learning_rate,
+              is_real(initial_learning_rate) and initial_learning_rate >= 0,
+               "initial_learning_rate >= 0")
+        self.initial_learning_rate = float(initial_learning_rate)
+
+    def __call__(self, step):
+        with keras.name_scope(self.name):
+            t = ops.cast(step, FLOAT)
+            inner, target = self._inner(ops.maximum(t - self.warmup_steps, 0.0)), self._inner(0.0)
+            warm = self.initial_learning_rate + (
+                target - self.initial_learning_rate) * t / self.warmup_steps
+            return ops.where(t < self.warmup_steps, warm, inner)
+
+    def _inner(self, step):
+        if isinstance(self.schedule, float):
+            return ops.convert_to_tensor(self.schedule, FLOAT)
+        return ops.cast(self.schedule(ops.convert_to_tensor(step, FLOAT)), FLOAT)
+
+    def get_config(self):
+        schedule = self.schedule
+        if not isinstance(schedule, float):
+            schedule = keras.optimizers.schedules.serialize(schedule)
+        return {**super().get_config(), "schedule": schedule,
+                "warmup_steps": self.warmup_steps,
+                "initial_learning_rate": self.initial_learning_rate}
+
+
