@@ -5,17 +5,21 @@
     data = kt.data.load("cifar10_mini")
     train = kt.augment.Augmentation.from_policy("standard", seed=0).apply(data.train)
 
-Every technique lives in its own module, re-exported here: `data`, `augment`,
-`layers`, `regularizers`, `models`, `optimizers`, `schedules`, `plots`.
+Every technique lives in its own module, re-exported here: `augment`,
+`callbacks`, `data`, `layers`, `lr_finder`, `models`, `optimizers`, `plots`,
+`regularizers`, `schedules`, `toy_problems`.
 """
 
 from kerastrain import augment
+from kerastrain import callbacks
 from kerastrain import data
 from kerastrain import layers
+from kerastrain import lr_finder
 from kerastrain import models
 from kerastrain import optimizers
 from kerastrain import plots
 from kerastrain import regularizers
 from kerastrain import schedules
+from kerastrain import toy_problems
 
 __version__ = "0.1.0"

@@ -128,39 +128,65 @@ def _lr_finder_arrays(data):
     return lrs, losses, smoothed, suggestion
 
 
-def plot_schedule(schedule, steps, path):
+def plot_schedule(schedule, steps, path, columns=3):
     """Draws a learning-rate schedule: the rate against the optimizer step.
 
     The schedule is evaluated at up to 1000 steps spread evenly over
     `0 .. steps - 1` (every step for shorter schedules), in one call on the
     array of steps; schedules that only accept a scalar step (Keras'
     `CosineDecay` with warm-up, say) are evaluated step by step instead.
+    A dict of schedules is drawn as a grid of panels, one per schedule,
+    titled with its key.
 
     Args:
         schedule: a `keras.optimizers.schedules.LearningRateSchedule` (any
-            callable from step to rate) or a float.
+            callable from step to rate), a float, or a dict `{title:
+            schedule}` of those.
         steps: number of steps to draw, >= 1.
         path: where to write the PNG.
+        columns: panels per row when `schedule` is a dict. Defaults to `3`.
 
     Returns:
         `path`.
+
+    Example:
+
+    >>> plot_schedule({"step": kerastrain.schedules.StepDecay(0.1, 100),
+    ...                "one cycle": kerastrain.schedules.OneCycle(0.1, 300)},
+    ...               300, "schedules.png")
     """
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
         raise ValueError("Invalid value for `steps`: expected an integer >= 1, "
                          f"received steps={steps!r}")
-    points = np.unique(np.linspace(0, steps - 1, min(steps, 1000)).round().astype(int))
-    if callable(schedule):
-        rates, title = _schedule_rates(schedule, points), type(schedule).__name__
+    if isinstance(schedule, dict):
+        if not schedule:
+            raise ValueError("Invalid value for `schedule`: received an empty dict; "
+                             "pass at least one {title: schedule} entry")
+        panels = dict(schedule)
+    elif callable(schedule):
+        panels = {type(schedule).__name__: schedule}
     else:
-        rates, title = np.full(len(points), float(schedule)), "constant"
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=_DPI)
-    ax.plot(points, rates, color="tab:blue", linewidth=1.5)
-    ax.set_xlim(0, max(steps - 1, 1))
-    ax.set_ylim(bottom=0)
-    ax.set_xlabel("step")
-    ax.set_ylabel("learning rate")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
+        panels = {"constant": schedule}
+    points = np.unique(np.linspace(0, steps - 1, min(steps, 1000)).round().astype(int))
+    columns = max(1, min(columns, len(panels)))
+    rows = math.ceil(len(panels) / columns)
+    width, height = (6, 3.5) if len(panels) == 1 else (4, 2.8)
+    fig, axes = plt.subplots(rows, columns, figsize=(width * columns, height * rows),
+                             dpi=_DPI, squeeze=False)
+    for ax in axes.ravel()[len(panels):]:
+        ax.set_axis_off()
+    for ax, (title, rule) in zip(axes.ravel(), panels.items()):
+        if callable(rule):
+            rates = _schedule_rates(rule, points)
+        else:
+            rates = np.full(len(points), float(rule))
+        ax.plot(points, rates, color="tab:blue", linewidth=1.5)
+        ax.set_xlim(0, max(steps - 1, 1))
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel("step")
+        ax.set_ylabel("learning rate")
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=_DPI)
     plt.close(fig)
@@ -175,6 +201,48 @@ def _schedule_rates(schedule, points):
     if rates is None or rates.shape != points.shape:
         rates = np.array([float(np.asarray(schedule(int(step)))) for step in points])
     return rates
+
+
+def training_curves(history, path):
+    """Draws training curves: one panel per metric, training and validation.
+
+    Every metric `m` of `history` gets a panel with `m` and, if present,
+    `val_m` against the epoch; the learning rate (drawn by `plot_schedule`)
+    is left out.
+
+    Args:
+        history: `keras.callbacks.History.history`, a dict of per-epoch lists
+            such as `{"loss": [...], "val_loss": [...], "accuracy": [...]}`.
+        path: where to write the PNG.
+
+    Returns:
+        `path`.
+
+    Example:
+
+    >>> history = model.fit(data.train, validation_data=data.validation, epochs=5)
+    >>> training_curves(history.history, "training_curves.png")
+    """
+    metrics = [k for k in history if not k.startswith("val_") and k != "learning_rate"]
+    metrics += [k[4:] for k in history if k.startswith("val_") and k[4:] not in history]
+    if not metrics or not all(len(history.get(k, history.get(f"val_{k}", []))) for k in metrics):
+        raise ValueError("Invalid value for `history`: expected a dict of non-empty "
+                         f"per-epoch lists such as History.history, received {history!r}")
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.2), dpi=_DPI,
+                             squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for key, label in ((metric, "training"), (f"val_{metric}", "validation")):
+            if key in history:
+                values = np.asarray(history[key], dtype=float)
+                ax.plot(np.arange(1, len(values) + 1), values, marker=".", label=label)
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=_DPI)
+    plt.close(fig)
+    return path
 
 
 def activation_histograms(stats, path, columns=10):
@@ -223,6 +291,175 @@ def activation_histograms(stats, path, columns=10):
                      f"{entry['std']:.2g}", fontsize=6)
         ax.set_yticks([])
         ax.tick_params(axis="x", labelsize=5)
+    fig.tight_layout()
+    fig.savefig(path, dpi=_DPI)
+    plt.close(fig)
+    return path
+
+
+def plot_optimizer_paths(problems, paths, path):
+    """Draws optimizer trajectories over contour plots of 2-D functions.
+
+    One panel per problem: filled contours of the function (levels at
+    quantiles of its values over the window, so that a flat valley and a
+    steep wall both show), its minima as stars, and one line per optimizer
+    from its start (circle) to its last point (cross). Points outside the
+    window or not finite (a diverged run) are not drawn.
+
+    Args:
+        problems: `kerastrain.toy_problems.ToyProblem`s (anything with
+            `name`, `grid()`, `minima`, `x_range` and `y_range`).
+        paths: dict `{problem name: {optimizer name: points}}`, `points` of
+            shape `(steps + 1, 2)` as `toy_problems.optimize_2d` returns.
+        path: where to write the PNG.
+
+    Returns:
+        `path`.
+
+    Example:
+
+    >>> problem = kerastrain.toy_problems.get("saddle")
+    >>> run = kerastrain.toy_problems.optimize_2d(
+    ...     problem.function, problem.start, kerastrain.optimizers.build("adam", 0.05), 200)
+    >>> plot_optimizer_paths([problem], {"saddle": {"adam": run}}, "paths.png")
+    """
+    problems = list(problems)
+    missing = [p.name for p in problems if p.name not in paths]
+    if not problems or missing:
+        raise ValueError("Invalid value for `paths`: expected a dict with an entry "
+                         f"per problem, missing {missing or 'all problems'}")
+    names = list(dict.fromkeys(name for p in problems for name in paths[p.name]))
+    colors = dict(zip(names, plt.get_cmap("tab10").colors))
+    fig, axes = plt.subplots(1, len(problems), figsize=(5 * len(problems), 4.4),
+                             dpi=_DPI, squeeze=False)
+    for ax, problem in zip(axes[0], problems):
+        x, y, z = problem.grid()
+        levels = np.unique(np.quantile(z[np.isfinite(z)], np.linspace(0, 1, 25)))
+        ax.contourf(x, y, z, levels=levels, cmap="Greys_r", alpha=0.5)
+        ax.contour(x, y, z, levels=levels, colors="grey", linewidths=0.4)
+        for name, points in paths[problem.name].items():
+            points = np.array(points, dtype=float)
+            inside = (np.all(np.isfinite(points), axis=1)
+                      & (points[:, 0] >= problem.x_range[0]) & (points[:, 0] <= problem.x_range[1])
+                      & (points[:, 1] >= problem.y_range[0]) & (points[:, 1] <= problem.y_range[1]))
+            points[~inside] = np.nan
+            ax.plot(points[:, 0], points[:, 1], color=colors[name], linewidth=1.4,
+                    alpha=0.85, label=name)
+            ax.plot(*points[0], "o", color=colors[name], markersize=4)
+            last = points[inside][-1] if inside.any() else None
+            if last is not None:
+                ax.plot(*last, "x", color=colors[name], markersize=6)
+        ax.plot(*np.transpose(problem.minima), "*", color="gold", markersize=12,
+                markeredgecolor="black", linestyle="none")
+        ax.set_xlim(problem.x_range)
+        ax.set_ylim(problem.y_range)
+        ax.set_title(problem.name)
+        ax.set_xlabel("x")
+        ax.set_ylabel("y")
+    axes[0, -1].legend(loc="upper right", fontsize=7, framealpha=0.9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=_DPI)
+    plt.close(fig)
+    return path
+
+
+def search_parameters(values, scores, path, objective="validation_accuracy",
+                      direction="max", log_parameters=()):
+    """Draws each searched setting against the objective, one panel per setting.
+
+    The picture of Bergstra & Bengio (2012): a setting that matters shows a
+    trend or a band of good values; one that does not shows a flat cloud.
+    Numbers are scattered (on a log axis for `log_parameters`), categories
+    are placed side by side; the best trial is ringed.
+
+    Args:
+        values: `{setting: [value per trial]}`.
+        scores: the objective of each trial.
+        path: where to write the PNG.
+        objective: the y-axis label. Defaults to `"validation_accuracy"`.
+        direction: `"max"` or `"min"`, which score is best. Defaults to `"max"`.
+        log_parameters: settings drawn on a log x axis. Defaults to `()`.
+
+    Returns:
+        `path`.
+    """
+    scores = np.asarray(scores, dtype=float)
+    if not values or any(len(v) != len(scores) for v in values.values()) or not len(scores):
+        raise ValueError(
+            "Invalid values: expected {setting: [value per trial]} with one value per "
+            f"score, received {len(scores)} scores and lengths "
+            f"{ {k: len(v) for k, v in values.items()} }")
+    best = int(np.argmax(scores) if direction == "max" else np.argmin(scores))
+    fig, axes = plt.subplots(1, len(values), figsize=(3 * len(values), 2.8),
+                             dpi=_DPI, squeeze=False, sharey=True)
+    for ax, (name, column) in zip(axes[0], values.items()):
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in column):
+            x = np.asarray(column, dtype=float)
+            if name in log_parameters:
+                ax.set_xscale("log")
+                # Within one decade matplotlib labels minor ticks; they overlap.
+                ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        else:
+            labels = sorted({str(v) for v in column})
+            x = np.array([labels.index(str(v)) for v in column], dtype=float)
+            ax.set_xticks(range(len(labels)), labels, rotation=30, fontsize=7)
+            ax.set_xlim(-0.5, len(labels) - 0.5)
+        ax.scatter(x, scores, s=18, color="tab:blue")
+        ax.scatter(x[best], scores[best], s=90, facecolors="none",
+                   edgecolors="tab:red", label="best")
+        ax.set_xlabel(name, fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel(objective, fontsize=8)
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=_DPI)
+    plt.close(fig)
+    return path
+
+
+def confusion_matrix(labels, predictions, class_names, path):
+    """Draws the confusion matrix: rows true classes, columns predicted ones.
+
+    Cells show counts, shaded by the share of the row (the recall of each
+    true class lies on the diagonal).
+
+    Args:
+        labels: true class ids, ints in `[0, len(class_names))`.
+        predictions: predicted class ids, same length.
+        class_names: the name of each class.
+        path: where to write the PNG.
+
+    Returns:
+        `path`.
+
+    Example:
+
+    >>> confusion_matrix(y_test, probabilities.argmax(-1), data.class_names, "cm.png")
+    """
+    labels = np.asarray(labels).reshape(-1)
+    predictions = np.asarray(predictions).reshape(-1)
+    count = len(class_names)
+    if labels.shape != predictions.shape or not len(labels) or not all(
+            np.issubdtype(a.dtype, np.integer) and a.min() >= 0 and a.max() < count
+            for a in (labels, predictions)):
+        raise ValueError(f"Invalid labels/predictions: expected equally long, "
+                         f"non-empty integer class ids in [0, {count}), received "
+                         f"shapes {labels.shape} and {predictions.shape}")
+    matrix = np.zeros((count, count), dtype=np.int64)
+    np.add.at(matrix, (labels, predictions), 1)
+    shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    size = 1.2 + 0.6 * count
+    fig, ax = plt.subplots(figsize=(size + 1, size), dpi=_DPI)
+    ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for i in range(count):
+        for j in range(count):
+            ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8,
+                    color="white" if shares[i, j] > 0.5 else "black")
+    ax.set_xticks(range(count), class_names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(count), class_names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"accuracy {np.trace(matrix) / len(labels):.3f}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=_DPI)
     plt.close(fig)
