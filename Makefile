@@ -21,6 +21,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.augment_throughput
+	$(PY) -m benchmarks.callback_overhead
+	$(PY) -m benchmarks.averaging
 
 clean:
 	rm -rf $(VENV) build *.egg-info

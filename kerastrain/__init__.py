@@ -6,13 +6,17 @@
     train = kt.augment.Augmentation.from_policy("standard", seed=0).apply(data.train)
 
 Every technique lives in its own module, re-exported here: `augment`,
-`callbacks`, `data`, `layers`, `lr_finder`, `models`, `optimizers`, `plots`,
-`regularizers`, `schedules`, `toy_problems`.
+`callbacks`, `data`, `distribute`, `ensemble`, `export`, `layers`,
+`lr_finder`, `models`, `optimizers`, `plots`, `regularizers`, `schedules`,
+`toy_problems`, `transfer`.
 """
 
 from kerastrain import augment
 from kerastrain import callbacks
 from kerastrain import data
+from kerastrain import distribute
+from kerastrain import ensemble
+from kerastrain import export
 from kerastrain import layers
 from kerastrain import lr_finder
 from kerastrain import models
@@ -21,5 +25,6 @@ from kerastrain import plots
 from kerastrain import regularizers
 from kerastrain import schedules
 from kerastrain import toy_problems
+from kerastrain import transfer
 
 __version__ = "0.1.0"

@@ -464,3 +464,35 @@ def confusion_matrix(labels, predictions, class_names, path):
     fig.savefig(path, dpi=_DPI)
     plt.close(fig)
     return path
+
+
+def comparison_bars(scores, path, ylabel="test accuracy"):
+    """Draws one labelled bar per method: `{method: score}`.
+
+    Args:
+        scores: dict `{name: number}`, drawn in its order.
+        path: where to write the PNG.
+        ylabel: label of the value axis. Defaults to `"test accuracy"`.
+
+    Returns:
+        `path`.
+
+    Example:
+
+    >>> comparison_bars({"scratch": 0.45, "fine-tune": 0.62}, "comparison.png")
+    """
+    if not scores or not all(isinstance(v, (int, float, np.floating))
+                             and math.isfinite(v) for v in scores.values()):
+        raise ValueError("Invalid value for `scores`: expected a non-empty dict "
+                         f"{{name: finite number}}, received {scores!r}")
+    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(scores), 3.2), dpi=_DPI)
+    bars = ax.bar(range(len(scores)), list(scores.values()), color="tab:blue")
+    ax.bar_label(bars, fmt="%.3f", fontsize=8)
+    ax.set_xticks(range(len(scores)), list(scores), fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.set_ylim(0, max(1.0, max(scores.values()) * 1.1))
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=_DPI)
+    plt.close(fig)
+    return path

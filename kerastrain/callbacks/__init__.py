@@ -1,3 +1,5 @@
 """Keras callbacks, one public class per module."""
 
 from kerastrain.callbacks.lr_logger import LearningRateLogger
+from kerastrain.callbacks.snapshot import SnapshotEnsemble
+from kerastrain.callbacks.swa import StochasticWeightAveraging

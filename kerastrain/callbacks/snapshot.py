@@ -1,0 +1,235 @@
+"""Snapshot ensembles (Huang et al., 2017) as a Keras callback."""
+
+import json
+import numbers
+import os
+import re
+import tempfile
+
+import keras
+
+from kerastrain.schedules import WarmRestarts
+
+MANIFEST = "manifest.json"
+_SNAPSHOT = re.compile(r"snapshot_\d+\.keras$")
+_LRS = keras.optimizers.schedules.LearningRateSchedule
+
+
+class SnapshotEnsemble(keras.callbacks.Callback):
+    """Saves the model at the end of every learning-rate cycle.
+
+    Huang et al., "Snapshot Ensembles: Train 1, get M for free" (ICLR 2017):
+    with a cyclic schedule such as warm restarts, the model at each cycle's
+    learning-rate minimum is a different good solution, and averaging the M
+    snapshots' predictions (`kerastrain.ensemble.Ensemble.from_directory`)
+    beats the last one. Keras' `ModelCheckpoint` saves per epoch or every N
+    batches, not at the (possibly mid-epoch, unevenly spaced) cycle ends, and
+    keeps no record of which file belongs to which cycle.
+
+    Cycle `i` (1-based) is saved as `directory/snapshot_{i:02d}.keras`, written
+    to a temporary file and renamed, so an interrupted save leaves no partial
+    file. `directory/manifest.json` (rewritten atomically) lists the kept
+    snapshots in order: `{"snapshots": [{"index", "file", "epoch", "step",
+    "learning_rate", "metrics"}, ...]}`, where `epoch` is the 0-based epoch,
+    `step` the index of the last optimizer step before the save and
+    `learning_rate` the rate of that step. `metrics` holds the epoch's logs
+    (validation included) when the cycle ends on an epoch's last batch, and
+    the running training metrics of the epoch so far when it ends mid-epoch.
+
+    Steps are counted by `optimizer.iterations`, so a run resumed by
+    `keras.callbacks.BackupAndRestore` saves the remaining cycles: snapshots
+    the resumed run will train again are dropped, as are stray files left by
+    a crash. A run that starts at step 0 clears earlier snapshots from
+    `directory`. With `steps_per_execution > 1`, a snapshot is taken at the
+    end of the execution that contains the cycle's last step.
+
+    Args:
+        directory: where snapshots and the manifest go (created if needed).
+        schedule: the optimizer's cyclic schedule, with a
+            `cycle_end_steps(total_steps)` method (`kerastrain.schedules.
+            WarmRestarts`), or a `keras.optimizers.schedules.
+            CosineDecayRestarts`; its cycles within `epochs * steps_per_epoch`
+            steps are saved.
+        cycle_end_steps: alternatively, the 0-based indices of the last step
+            of each cycle (increasing).
+        cycle_end_epochs: alternatively, the 0-based epochs after which to
+            save (increasing). Give exactly one of the three.
+        keep: keep only the last `keep` snapshots. Defaults to `None` (all).
+        verbose: 1 prints a line per snapshot. Defaults to 0.
+
+    Example:
+
+    >>> schedule = kerastrain.schedules.WarmRestarts(0.1, 5 * steps, t_mul=1.0)
+    >>> model.compile(keras.optimizers.SGD(schedule, momentum=0.9), ...)
+    >>> model.fit(data.train, epochs=20, callbacks=[
+    ...     SnapshotEnsemble("snapshots", schedule=schedule)])
+    >>> ensemble = kerastrain.ensemble.Ensemble.from_directory("snapshots")
+    """
+
+    def __init__(self, directory, schedule=None, cycle_end_steps=None,
+                 cycle_end_epochs=None, keep=None, verbose=0):
+        super().__init__()
+        given = [n for n, v in (("schedule", schedule), ("cycle_end_steps", cycle_end_steps),
+                                ("cycle_end_epochs", cycle_end_epochs)) if v is not None]
+        if len(given) != 1:
+            raise ValueError("Pass exactly one of `schedule`, `cycle_end_steps` and "
+                             f"`cycle_end_epochs`, received {given or 'none'}.")
+        if schedule is not None and not (
+                hasattr(schedule, "cycle_end_steps")
+                or isinstance(schedule, keras.optimizers.schedules.CosineDecayRestarts)):
+            raise ValueError("Invalid value for `schedule`: expected a schedule with a "
+                             "`cycle_end_steps(total_steps)` method (e.g. kerastrain."
+                             "schedules.WarmRestarts) or a CosineDecayRestarts, received "
+                             f"schedule={schedule!r}; otherwise pass `cycle_end_steps`.")
+        for name, ends in (("cycle_end_steps", cycle_end_steps),
+                           ("cycle_end_epochs", cycle_end_epochs)):
+            if ends is not None and not _increasing_indices(ends):
+                raise ValueError(f"Invalid value for `{name}`: expected a non-empty, "
+                                 f"increasing list of integers >= 0, received {name}={ends!r}")
+        if keep is not None and not (_is_int(keep) and keep >= 1):
+            raise ValueError("Invalid value for `keep`: expected None or an integer >= 1, "
+                             f"received keep={keep!r}")
+        self.directory = os.fspath(directory)
+        self.schedule = schedule
+        self.cycle_end_steps = None if cycle_end_steps is None else list(cycle_end_steps)
+        self.cycle_end_epochs = None if cycle_end_epochs is None else list(cycle_end_epochs)
+        self.keep, self.verbose = keep, verbose
+
+    @property
+    def manifest_path(self):
+        return os.path.join(self.directory, MANIFEST)
+
+    def on_train_begin(self, logs=None):
+        self._by_epoch = self.cycle_end_epochs is not None
+        self._ends = self.cycle_end_epochs if self._by_epoch else self.cycle_end_steps
+        if self.schedule is not None:
+            steps = self.params.get("steps")
+            if not steps:
+                raise ValueError("SnapshotEnsemble(schedule=...) needs the number of steps "
+                                 "per epoch, which this dataset does not tell: pass "
+                                 "`steps_per_epoch` to fit, or pass `cycle_end_steps`.")
+            total = int(self.params["epochs"]) * int(steps)
+            find = getattr(self.schedule, "cycle_end_steps", None)
+            self._ends = list(find(total) if find is not None
+                              else WarmRestarts.cycle_end_steps(self.schedule, total))
+        os.makedirs(self.directory, exist_ok=True)
+        self._entries = self._read_manifest()
+        # BackupAndRestore may restore `iterations` after this hook, so the
+        # directory is reconciled with it at the first epoch.
+        self._synced = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._epoch_step = int(self.model.optimizer.iterations.numpy())
+        if not self._synced:
+            self._sync(epoch)
+            self._synced = True
+
+    def on_train_batch_begin(self, batch, logs=None):
+        # The model holds the weights after step `_epoch_step + batch - 1`:
+        # steps are counted on the host, without reading `iterations` per
+        # batch, and a cycle that ends an epoch waits for `on_epoch_end`.
+        if self._by_epoch:
+            return
+        last = self._epoch_step + batch - 1
+        while self._pending and self._pending[0][1] <= last:
+            self._save(self._pending.pop(0)[0], last, self.model.get_metrics_result())
+
+    def on_epoch_end(self, epoch, logs=None):
+        # Cycles that end on the epoch's last step are saved here, with the
+        # epoch's validation metrics.
+        step = int(self.model.optimizer.iterations.numpy()) - 1
+        last = epoch if self._by_epoch else step
+        while self._pending and self._pending[0][1] <= last:
+            self._save(self._pending.pop(0)[0], step, logs)
+
+    # -- bookkeeping ------------------------------------------------------------
+
+    def _sync(self, epoch):
+        """Drops snapshots that lie ahead of where training starts, and strays."""
+        last = self._epoch_step - 1
+        keep = [e for e in self._entries if e["step"] <= last]
+        if keep != self._entries:
+            self._entries = keep
+            self._write_manifest()
+        listed = {e["file"] for e in self._entries}
+        for name in os.listdir(self.directory):
+            if name.startswith(".tmp-") or (_SNAPSHOT.fullmatch(name) and name not in listed):
+                os.remove(os.path.join(self.directory, name))
+        done = {e["index"] for e in self._entries}
+        now = epoch if self._by_epoch else self._epoch_step
+        self._pending = [(i + 1, end) for i, end in enumerate(self._ends)
+                         if end >= now and i + 1 not in done]
+
+    def _save(self, index, step, logs):
+        name = f"snapshot_{index:02d}.keras"
+        path = os.path.join(self.directory, name)
+        tmp = os.path.join(self.directory, f".tmp-{os.getpid()}-{name}")
+        try:
+            self.model.save(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+        entry = {"index": index, "file": name, "epoch": int(self._epoch), "step": step,
+                 "learning_rate": self._learning_rate(step),
+                 "metrics": {k: float(v) for k, v in (logs or {}).items() if _is_scalar(v)}}
+        entries = sorted([e for e in self._entries if e["index"] != index] + [entry],
+                         key=lambda e: e["index"])
+        pruned = entries[:-self.keep] if self.keep else []
+        self._entries = entries[len(pruned):]
+        self._write_manifest()
+        for old in pruned:  # after the manifest stops listing them
+            old_path = os.path.join(self.directory, old["file"])
+            if os.path.exists(old_path):
+                os.remove(old_path)
+        if self.verbose:
+            print(f"\nEpoch {self._epoch + 1}, step {step}: saved snapshot {index} to {path}")
+
+    def _learning_rate(self, step):
+        optimizer = self.model.optimizer
+        rate = optimizer._learning_rate  # the schedule, not its value at `iterations`
+        if isinstance(rate, _LRS):
+            return float(rate(step))
+        return float(optimizer.learning_rate)
+
+    def _read_manifest(self):
+        if not os.path.exists(self.manifest_path):
+            return []
+        with open(self.manifest_path) as f:
+            entries = json.load(f).get("snapshots", [])
+        return [e for e in entries
+                if os.path.exists(os.path.join(self.directory, e["file"]))]
+
+    def _write_manifest(self):
+        handle, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".json")
+        try:
+            with os.fdopen(handle, "w") as f:
+                json.dump({"snapshots": self._entries}, f, indent=2)
+            os.replace(tmp, self.manifest_path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+
+
+def _is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_scalar(value):
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _increasing_indices(ends):
+    try:
+        ends = list(ends)
+    except TypeError:
+        return False
+    return bool(ends) and all(_is_int(e) and e >= 0 for e in ends) and all(
+        a < b for a, b in zip(ends, ends[1:]))

@@ -1,0 +1,110 @@
+"""`tf.distribute` strategies by name, for recipes and user scripts.
+
+Keras trains under any `tf.distribute.Strategy`: build and compile the model
+inside `strategy.scope()` and call `fit` as usual; the batch size of the
+dataset is the global batch, split across replicas. This module only maps the
+names recipes accept (`--strategy=...`) to strategies, with the setup each
+one needs and a clear error when that setup is missing:
+
+- `"default"`: the default strategy (one device: the first GPU, else CPU).
+- `"mirrored"`: `MirroredStrategy`, synchronous data parallelism over every
+  local GPU (or the given devices).
+- `"multi_worker"`: `MultiWorkerMirroredStrategy`, the same over several
+  machines. Every machine runs the same command with its own `TF_CONFIG`,
+  e.g. `{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task":
+  {"type": "worker", "index": 0}}`; worker 0 is the chief. Create it at
+  program start, before any other TensorFlow op.
+- `"tpu"`: `TPUStrategy` on a Cloud TPU found by `TPUClusterResolver`
+  (`tpu="local"` on a TPU VM, else the TPU's name or `grpc://` address).
+"""
+
+import json
+import os
+import warnings
+
+import tensorflow as tf
+
+from kerastrain import _keras_compat
+
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+
+
+def get_strategy(name="default", *, devices=None, tpu=None):
+    """Builds a `tf.distribute.Strategy` from its name.
+
+    Args:
+        name: `"default"`, `"mirrored"`, `"multi_worker"` or `"tpu"`.
+            Defaults to `"default"`.
+        devices: for `"mirrored"`, the devices to replicate over (e.g.
+            `["/gpu:0", "/gpu:1"]`). Defaults to `None` (every local GPU,
+            else the CPU).
+        tpu: for `"tpu"`, the TPU name or address, `"local"` on a TPU VM.
+            Defaults to `None` (`TPU_NAME` from the environment).
+
+    Returns:
+        A `tf.distribute.Strategy`.
+
+    Example:
+
+    >>> strategy = get_strategy("mirrored")
+    >>> with strategy.scope():
+    ...     model = kerastrain.models.small_cnn(10)
+    ...     model.compile(...)
+    >>> model.fit(data.train, epochs=10)
+    """
+    if name not in STRATEGIES:
+        raise ValueError(f"Invalid value for `name`: expected one of {STRATEGIES}, "
+                         f"received name={name!r}")
+    if devices is not None and name != "mirrored":
+        raise ValueError(f"`devices` applies to the 'mirrored' strategy only, "
+                         f"received name={name!r}, devices={devices!r}")
+    if tpu is not None and name != "tpu":
+        raise ValueError(f"`tpu` applies to the 'tpu' strategy only, received "
+                         f"name={name!r}, tpu={tpu!r}")
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy(devices)
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            warnings.warn("get_strategy('multi_worker'): TF_CONFIG is not set, so "
+                          "this process trains as a cluster of one worker. Set "
+                          "TF_CONFIG on every machine to train on several.",
+                          stacklevel=2)
+        # Keras 3's fit fails under two or more workers without this fix.
+        _keras_compat.fix_multi_worker_fit()
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return _tpu_strategy(tpu)
+
+
+def is_chief():
+    """Whether this process is the chief of its cluster (or runs alone).
+
+    In a `MultiWorkerMirroredStrategy` cluster every worker runs the same
+    program; only the chief (worker 0, or the task of type `"chief"`) should
+    write files others read, such as exports and reports.
+
+    Returns:
+        `True` without `TF_CONFIG`, or when `TF_CONFIG`'s task is the chief.
+    """
+    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task = config.get("task")
+    if not task:
+        return True
+    if task.get("type") == "chief":
+        return True
+    return (task.get("type") == "worker" and int(task.get("index", 0)) == 0
+            and "chief" not in config.get("cluster", {}))
+
+
+def _tpu_strategy(tpu):
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, RuntimeError, tf.errors.OpError) as error:
+        raise RuntimeError(
+            f"No TPU found for tpu={tpu!r} ({type(error).__name__}: {error}). On a "
+            "TPU VM pass tpu='local' (--tpu=local); otherwise pass the TPU's name "
+            "or grpc:// address, or set TPU_NAME.") from error
+    return tf.distribute.TPUStrategy(resolver)

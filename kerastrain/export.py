@@ -1,0 +1,266 @@
+"""SavedModel export with a raw-image serving signature, checked by reloading.
+
+`model.export()` writes the model's own forward pass: float inputs of the
+training size in, logits out. A served classifier needs more: uint8 images of
+any size in, probabilities, class ids and class names out, with the names
+shipped inside the artifact. `export_saved_model` builds that endpoint on
+`keras.export.ExportArchive` (which tracks the model's variables and writes
+the SavedModel), writes it atomically, then reloads it and checks that it
+predicts what the Keras model predicts.
+"""
+
+import os
+import shutil
+import tempfile
+import warnings
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kerastrain.ensemble import _input_shape, _outputs_probabilities
+
+CLASS_NAMES_FILE = "class_names.txt"
+_OUTPUTS = ("auto", "logits", "probabilities")
+_TOLERANCE = 1e-4
+
+
+def export_saved_model(model, path, class_names, *, outputs="auto",
+                       image_size=None, verify=True, overwrite=False,
+                       probe_images=None):
+    """Exports `model` as a SavedModel that serves raw uint8 images.
+
+    The `serving_default` signature takes `images`, a `uint8` tensor of shape
+    `(batch, height, width, 3)` of any height and width, resizes it
+    (bilinear, `tf.image.resize`) to `image_size` as the 0..255 floats the
+    model expects, runs the model in inference mode (BatchNorm moving
+    statistics, no dropout) and returns `{"probabilities": float32 (batch,
+    classes), "class_ids": int64 (batch,), "class_names": string (batch,)}`.
+    The class names are shipped as the asset `assets/class_names.txt` and
+    returned by the endpoint `class_names()`. Works for any single-input
+    image classifier: plain models, weight-averaged models and whole
+    `kerastrain.ensemble.Ensemble`s (one graph).
+
+    The SavedModel is written to a temporary directory next to `path`,
+    reloaded and verified, and only then moved into place with `os.replace`,
+    so `path` never holds a half-written export; on any error the temporary
+    directory is removed.
+
+    Args:
+        model: built Keras classifier taking `(batch, h, w, 3)` 0..255 images.
+        path: directory to write the SavedModel to.
+        class_names: one unique, non-empty, single-line string per class.
+        outputs: what the model emits: `"logits"` (softmax is added),
+            `"probabilities"` (served as they are) or `"auto"` (probabilities
+            if the model's last layer applies softmax, else logits).
+            Defaults to `"auto"`.
+        image_size: `(height, width)` served images are resized to.
+            Defaults to `None` (the model's input size).
+        verify: reload the SavedModel and check that it matches the Keras
+            model within 1e-4 on `probe_images`. Defaults to `True`.
+        overwrite: replace an existing `path`. Defaults to `False`.
+        probe_images: uint8 `(batch, h, w, 3)` images for the check.
+            Defaults to `None` (four seeded random images).
+
+    Returns:
+        The absolute path of the SavedModel.
+
+    Example:
+
+    >>> export_saved_model(model, "saved_models/cnn", data.class_names)
+    >>> serve, names = load_serving("saved_models/cnn")
+    >>> serve(uint8_images)["class_names"]
+    """
+    path = os.path.abspath(os.fspath(path))
+    if not isinstance(model, keras.Model) or not model.built:
+        raise ValueError("Invalid value for `model`: expected a built keras.Model "
+                         "(call it on a batch of images first), received "
+                         f"model={model!r}")
+    if outputs not in _OUTPUTS:
+        raise ValueError(f"Invalid value for `outputs`: expected one of {_OUTPUTS}, "
+                         f"received outputs={outputs!r}")
+    class_names = _check_class_names(class_names, model)
+    image_size = _check_image_size(image_size, model)
+    if os.path.lexists(path) and not overwrite:
+        raise FileExistsError(f"{path!r} already exists; pass overwrite=True to "
+                              "replace it, or choose another path.")
+    if outputs == "auto":
+        outputs = "probabilities" if _outputs_probabilities(model) else "logits"
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", dir=parent)
+    try:
+        target = os.path.join(staging, "saved_model")
+        _write(model, target, class_names, outputs, image_size)
+        if verify:
+            _verify(model, target, class_names, outputs, image_size, probe_images)
+        _replace(target, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
+def load_serving(path):
+    """Loads an export of `export_saved_model` for inference.
+
+    Args:
+        path: the SavedModel directory.
+
+    Returns:
+        A tuple `(serve, class_names)`: `serve(images)` takes a uint8
+        `(batch, h, w, 3)` array or tensor and returns the serving dict as
+        NumPy arrays (`class_names` decoded to `str`); `class_names` is the
+        list of the model's class names.
+    """
+    loaded = tf.saved_model.load(os.fspath(path))
+    if not hasattr(loaded, "class_names") or "serving_default" not in loaded.signatures:
+        raise ValueError(f"Invalid value for `path`: {os.fspath(path)!r} is not a "
+                         "SavedModel written by `export_saved_model`.")
+    signature = loaded.signatures["serving_default"]
+    class_names = [n.decode("utf-8") for n in loaded.class_names().numpy()]
+
+    def serve(images):
+        images = tf.convert_to_tensor(images)
+        if images.dtype != tf.uint8 or images.shape.rank != 4:
+            raise ValueError("Invalid value for `images`: expected uint8 images of "
+                             "shape (batch, height, width, 3), received "
+                             f"{images.dtype.name} of shape {images.shape}")
+        result = {k: v.numpy() for k, v in signature(images=images).items()}
+        result["class_names"] = np.array(
+            [n.decode("utf-8") for n in result["class_names"]])
+        return result
+
+    serve.saved_model = loaded  # keeps the restored resources alive
+    return serve, class_names
+
+
+def _write(model, target, class_names, outputs, image_size):
+    with tempfile.TemporaryDirectory() as asset_dir:
+        names_file = os.path.join(asset_dir, CLASS_NAMES_FILE)
+        with open(names_file, "w", encoding="utf-8") as f:
+            f.write("\n".join(class_names) + "\n")
+        # The table reads the names from an Asset, so the file is copied into
+        # the SavedModel's assets/ and the table is rebuilt from it on load.
+        table = tf.lookup.StaticHashTable(
+            tf.lookup.TextFileInitializer(
+                names_file, tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER,
+                tf.string, tf.lookup.TextFileIndex.WHOLE_LINE),
+            default_value="")
+        num_classes = len(class_names)
+
+        def serve(images):
+            x = tf.image.resize(images, image_size, method="bilinear")
+            y = tf.cast(model(x, training=False), tf.float32)
+            probabilities = y if outputs == "probabilities" else tf.nn.softmax(y)
+            class_ids = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
+            return {"probabilities": probabilities, "class_ids": class_ids,
+                    "class_names": table.lookup(class_ids)}
+
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.track(table)
+        # The first endpoint becomes `serving_default`.
+        archive.add_endpoint(
+            "serve", serve,
+            input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, "images")])
+        archive.add_endpoint(
+            "class_names",
+            lambda: table.lookup(tf.range(num_classes, dtype=tf.int64)),
+            input_signature=[])
+        archive.write_out(target, verbose=False)
+
+
+def _verify(model, target, class_names, outputs, image_size, probe_images):
+    if probe_images is None:
+        rng = np.random.default_rng(0)
+        probe_images = rng.integers(0, 256, (4, *image_size, 3), dtype=np.uint8)
+    serve, served_names = load_serving(target)
+    if served_names != class_names:
+        raise RuntimeError(f"Export verification failed: the SavedModel's class "
+                           f"names {served_names} differ from {class_names}.")
+    x = tf.image.resize(tf.convert_to_tensor(probe_images), image_size)
+    y = keras.ops.convert_to_numpy(model(x, training=False)).astype(np.float32)
+    expected = y if outputs == "probabilities" else _softmax(y)
+    got = serve(probe_images)["probabilities"]
+    error = float(np.max(np.abs(got - expected)))
+    if not error <= _TOLERANCE:
+        raise RuntimeError(
+            "Export verification failed: the reloaded SavedModel's probabilities "
+            f"differ from the Keras model's by up to {error:.3g} (> {_TOLERANCE}) "
+            "on the probe images, so nothing was written. The model must be "
+            "deterministic in inference mode and traceable by tf.function (no "
+            "Python-side randomness or state in `call`).")
+    if outputs == "logits" and np.all(y >= 0) and np.allclose(y.sum(-1), 1, atol=1e-5):
+        warnings.warn("The model's outputs look like probabilities but were read "
+                      "as logits and softmaxed again; pass "
+                      "outputs='probabilities' if the model ends in a softmax.",
+                      stacklevel=3)
+
+
+def _replace(source, path):
+    """Moves `source` to `path`, swapping out an existing `path` safely."""
+    if not os.path.lexists(path):
+        os.replace(source, path)
+        return
+    backup = source + ".previous"
+    os.replace(path, backup)
+    try:
+        os.replace(source, path)
+    except BaseException:
+        os.replace(backup, path)
+        raise
+    if os.path.isdir(backup) and not os.path.islink(backup):
+        shutil.rmtree(backup)
+    else:
+        os.remove(backup)
+
+
+def _softmax(y):
+    e = np.exp(y - y.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _check_class_names(class_names, model):
+    if isinstance(class_names, str) or not all(
+            isinstance(n, str) and n and "\n" not in n and "\r" not in n
+            for n in class_names):
+        raise ValueError("Invalid value for `class_names`: expected a list of "
+                         "non-empty single-line strings, received "
+                         f"class_names={class_names!r}")
+    class_names = list(class_names)
+    if len(set(class_names)) != len(class_names):
+        raise ValueError(f"Invalid value for `class_names`: names must be unique, "
+                         f"received class_names={class_names}")
+    try:
+        num_classes = model.compute_output_shape(_input_shape(model))[-1]
+    except Exception:  # subclassed models may not know their output shape
+        num_classes = None
+    if num_classes is not None and num_classes != len(class_names):
+        raise ValueError(f"Invalid value for `class_names`: the model outputs "
+                         f"{num_classes} classes but {len(class_names)} names "
+                         f"were given: class_names={class_names}")
+    return class_names
+
+
+def _check_image_size(image_size, model):
+    input_shape = _input_shape(model)
+    if input_shape is not None and input_shape[-1] != 3:
+        raise ValueError("Invalid value for `model`: the serving signature takes "
+                         f"RGB images but the model's input shape is {input_shape}")
+    model_size = None if input_shape is None else tuple(input_shape[1:3])
+    if image_size is None:
+        if model_size is None or None in model_size:
+            raise ValueError("Invalid value for `image_size`: the model's input "
+                             "size is not fixed, so pass image_size=(height, width).")
+        return model_size
+    if (not isinstance(image_size, (list, tuple)) or len(image_size) != 2 or not all(
+            isinstance(s, int) and not isinstance(s, bool) and s > 0
+            for s in image_size)):
+        raise ValueError("Invalid value for `image_size`: expected (height, width) "
+                         f"positive integers, received image_size={image_size!r}")
+    image_size = tuple(image_size)
+    if model_size is not None and any(
+            m is not None and m != s for m, s in zip(model_size, image_size)):
+        raise ValueError(f"Invalid value for `image_size`: the model takes "
+                         f"{model_size} images, received image_size={image_size}")
+    return image_size

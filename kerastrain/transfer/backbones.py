@@ -1,0 +1,258 @@
+"""Feature extractors that take raw 0..255 images: `keras.applications` or saved.
+
+`keras.applications` builds the networks but leaves each family's input
+scaling (`preprocess_input`) and its minimum image size to the caller, and
+downloads ImageNet weights with an opaque error when offline. `backbone()`
+wraps any of them into one model that takes raw images, resizes images below
+the family's minimum, applies the family's own preprocessing exactly once, and
+pools to a feature vector; or loads a feature extractor saved by this toolkit.
+"""
+
+import os
+import urllib.error
+import warnings
+
+import keras
+
+# Families whose models already rescale and normalise raw 0..255 inputs
+# (their `preprocess_input` is a documented no-op); adding it would be harmless
+# but the model must keep its own preprocessing, so `include_preprocessing=False`
+# is refused for them.
+_PREPROCESSING_INSIDE = ("mobilenet_v3", "efficientnet", "efficientnet_v2", "convnext")
+# `min_size` that keras.applications enforces per family; 32 for all others.
+_MIN_SIZE = {"inception_v3": 75, "inception_resnet_v2": 75, "xception": 71}
+_POOLINGS = ("avg", "max", None)
+
+
+class WeightsNotAvailableError(RuntimeError):
+    """Pretrained weights could not be downloaded (usually: no network)."""
+
+
+@keras.saving.register_keras_serializable(package="kerastrain")
+class PreprocessInput(keras.layers.Layer):
+    """Applies `keras.applications.<family>.preprocess_input` inside a model.
+
+    Keras ships the preprocessing of each application family as a plain
+    function; as a layer it travels with the model through `.keras` saves
+    and SavedModel export, so the model takes raw 0..255 images.
+
+    Args:
+        family: name of a `keras.applications` module with a
+            `preprocess_input` function, e.g. `"resnet"` (caffe: RGB->BGR and
+            ImageNet mean subtracted), `"mobilenet_v2"` (`x / 127.5 - 1`) or
+            `"densenet"` (torch: `/ 255`, ImageNet mean/std).
+        **kwargs: base `keras.layers.Layer` arguments.
+    """
+
+    def __init__(self, family, **kwargs):
+        super().__init__(**kwargs)
+        if not hasattr(getattr(keras.applications, str(family), None),
+                       "preprocess_input"):
+            raise ValueError(f"Invalid value for `family`: expected a "
+                             "keras.applications module with `preprocess_input`, "
+                             f"received family={family!r}")
+        self.family = family
+
+    def call(self, inputs):
+        module = getattr(keras.applications, self.family)
+        return module.preprocess_input(keras.ops.cast(inputs, self.compute_dtype))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "family": self.family}
+
+
+def backbone(name, input_shape=(32, 32, 3), weights=None, *, pooling="avg",
+             trainable=True, resize=None, **kwargs):
+    """A pretrained or fresh feature extractor that takes raw 0..255 images.
+
+    For a `keras.applications` model (any name, any case: `"MobileNetV3Small"`,
+    `"efficientnetb0"`, `"ResNet50"`, ...) the returned model is
+
+    `raw images -> [Resizing] -> [PreprocessInput] -> base (no top) -> pooling`
+
+    with the application (`include_top=False`) as ONE nested layer, so
+    `unfreeze()` can find its blocks. `PreprocessInput` applies the family's
+    own `preprocess_input` (caffe, tf or torch scaling); it is left out for
+    MobileNetV3, EfficientNet(V2) and ConvNeXt, whose models already contain
+    their `Rescaling`/`Normalization` layers (their `preprocess_input` is a
+    no-op), so no image is ever preprocessed twice. Images smaller than the
+    family's minimum (75 for InceptionV3/InceptionResNetV2, 71 for Xception,
+    32 otherwise) are resized up (bilinear) to `max(minimum, size)` per side.
+
+    Args:
+        name: a `keras.applications` model name; ignored (with a warning if
+            given) when `weights` is a `.keras` file, which holds its own
+            architecture.
+        input_shape: `(height, width, 3)` of the raw images. Defaults to
+            `(32, 32, 3)`.
+        weights: `None` or `"none"` (random init), `"imagenet"` (Keras'
+            download; cached in `~/.keras/models`, so it works offline once
+            fetched), or a path: a `.keras` feature extractor (e.g. written by
+            `cut_backbone(model).save(path)`), returned as it is; a
+            `.weights.h5` file written by `backbone(...).save_weights(path)`;
+            or a `.h5` weights file of the application itself (such as the
+            `*_notop.h5` file Keras downloads, copied from another machine).
+            Defaults to `None`.
+        pooling: `"avg"`, `"max"` or `None` (feature maps). Defaults to `"avg"`.
+        trainable: initial `trainable` flag of the model. Defaults to `True`.
+        resize: `(height, width)` the base sees instead of the default rule
+            above (e.g. 96 for ImageNet weights on 32x32 images). Defaults
+            to `None`.
+        **kwargs: extra arguments of the application (`alpha`,
+            `minimalistic`, ...).
+
+    Returns:
+        A functional `keras.Model` named `"backbone"` mapping raw images to
+        features (or the model of the `.keras` file).
+
+    Raises:
+        ValueError: unknown name, bad pooling/resize, or a file of another type.
+        FileNotFoundError: `weights` is a path that does not exist.
+        WeightsNotAvailableError: the ImageNet download failed (offline).
+            Keras' `get_file` has no timeout, so where a firewall drops
+            packets instead of refusing them this may take the OS connect
+            timeout (about two minutes) to fail.
+
+    Example:
+
+    >>> features = backbone("MobileNetV3Small", (32, 32, 3), weights=None)
+    >>> features.output_shape
+    (None, 576)
+    """
+    if pooling not in _POOLINGS:
+        raise ValueError(f"Invalid value for `pooling`: expected one of "
+                         f"{list(_POOLINGS)}, received pooling={pooling!r}")
+    weights = _check_weights(weights)
+    if weights is not None and weights.endswith(".keras"):
+        return _load_keras_file(weights, name, input_shape, trainable)
+    cls = _resolve(name)
+    family = cls.__module__.rsplit(".", 1)[-1]
+    if family in _PREPROCESSING_INSIDE and kwargs.get("include_preprocessing") is False:
+        raise ValueError(f"{cls.__name__} must keep its built-in preprocessing: "
+                         "backbone() feeds it raw 0..255 images; drop "
+                         "`include_preprocessing=False`")
+    size = _target_size(input_shape, resize, _MIN_SIZE.get(family, 32))
+    inputs = keras.Input(shape=input_shape, name="images")
+    x = inputs
+    if size != tuple(input_shape[:2]):
+        x = keras.layers.Resizing(*size, name="resize")(x)
+    if family not in _PREPROCESSING_INSIDE:
+        x = PreprocessInput(family, name="preprocess")(x)
+    h5_file = weights if weights and not weights.endswith(".weights.h5") and \
+        weights != "imagenet" else None
+    base = _build_base(cls, weights if weights == "imagenet" else h5_file,
+                       (*size, input_shape[-1]), pooling, kwargs)
+    model = keras.Model(inputs, base(x), name="backbone")
+    if weights is not None and weights.endswith(".weights.h5"):
+        model.load_weights(weights)
+    model.trainable = trainable
+    return model
+
+
+def cut_backbone(model, layer="features", name="backbone"):
+    """The feature extractor of a trained classifier: inputs -> `layer` output.
+
+    The returned model shares its layers (and weights) with `model`; save it
+    with `.save("backbone.keras")` and load it with
+    `backbone(None, weights="backbone.keras")`.
+
+    Args:
+        model: a functional classifier, e.g. `kerastrain.models.small_cnn`.
+        layer: name of the layer whose output is the feature vector.
+            Defaults to `"features"` (small_cnn's pooled features).
+        name: name of the returned model. Defaults to `"backbone"`.
+
+    Returns:
+        A functional `keras.Model`.
+    """
+    try:
+        output = model.get_layer(layer).output
+    except ValueError as err:
+        raise ValueError(f"Model {model.name!r} has no layer {layer!r}; pass "
+                         "`layer=` one of "
+                         f"{[l.name for l in model.layers]}") from err
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    return keras.Model(inputs, output, name=name)
+
+
+def available_names():
+    """The `keras.applications` model names `backbone()` accepts."""
+    return sorted(n for n in dir(keras.applications)
+                  if n[:1].isupper() and callable(getattr(keras.applications, n)))
+
+
+def _resolve(name):
+    names = {n.lower(): n for n in available_names()}
+    if not isinstance(name, str) or name.lower() not in names:
+        raise ValueError(f"Unknown backbone name {name!r}; expected one of "
+                         f"{available_names()} (any case), or weights= a "
+                         "`.keras` file")
+    return getattr(keras.applications, names[name.lower()])
+
+
+def _check_weights(weights):
+    if weights is None or (isinstance(weights, str) and weights.lower() == "none"):
+        return None
+    if isinstance(weights, str) and weights.lower() == "imagenet":
+        return "imagenet"
+    if not isinstance(weights, (str, os.PathLike)):
+        raise ValueError("Invalid value for `weights`: expected None, 'none', "
+                         f"'imagenet' or a file path, received weights={weights!r}")
+    path = os.fspath(weights)
+    if not path.endswith((".keras", ".h5")):
+        raise ValueError("Invalid value for `weights`: expected a `.keras`, "
+                         f"`.weights.h5` or `.h5` file, received weights={path!r}")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Weights file {path!r} does not exist; pass an "
+                                "existing .keras/.weights.h5/.h5 file, "
+                                "weights=None for random init, or 'imagenet'")
+    return path
+
+
+def _target_size(input_shape, resize, min_size):
+    if len(input_shape) != 3:
+        raise ValueError("Invalid value for `input_shape`: expected (height, "
+                         f"width, channels), received input_shape={input_shape!r}")
+    if resize is not None:
+        size = (resize, resize) if isinstance(resize, int) else tuple(resize)
+        if len(size) != 2 or not all(isinstance(s, int) and s >= min_size
+                                     for s in size):
+            raise ValueError(f"Invalid value for `resize`: expected an int or "
+                             f"(height, width) >= {min_size}, received "
+                             f"resize={resize!r}")
+        return size
+    return tuple(s if s is None else max(s, min_size) for s in input_shape[:2])
+
+
+def _build_base(cls, weights, input_shape, pooling, kwargs):
+    try:
+        return cls(include_top=False, weights=weights, input_shape=input_shape,
+                   pooling=pooling, **kwargs)
+    except Exception as err:
+        # get_file() turns every download failure into a bare Exception.
+        if weights == "imagenet" and (type(err) is Exception or isinstance(
+                err, (OSError, urllib.error.URLError))):
+            raise WeightsNotAvailableError(
+                f"Could not download the ImageNet weights of {cls.__name__} "
+                f"({err}). Without network access pass weights= a file path "
+                "(a .keras/.weights.h5 backbone, or Keras' *_notop.h5 file "
+                "copied into ~/.keras/models or passed directly) or "
+                "weights=None / 'none' for random init") from err
+        raise
+
+
+def _load_keras_file(path, name, input_shape, trainable):
+    if name is not None:
+        warnings.warn(f"backbone(): `name`={name!r} is ignored, the architecture "
+                      f"comes from {path!r}; pass name=None", stacklevel=3)
+    model = keras.saving.load_model(path, compile=False)
+    saved = tuple(model.input_shape[1:])
+    if input_shape is not None and saved != tuple(input_shape):
+        raise ValueError(f"The backbone in {path!r} takes images of shape "
+                         f"{saved}, received input_shape={tuple(input_shape)}; "
+                         f"pass input_shape={saved} (resize the data to it)")
+    model.trainable = trainable
+    return model

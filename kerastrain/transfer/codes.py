@@ -1,0 +1,184 @@
+"""CNN codes: frozen backbone features and a linear softmax classifier on them.
+
+The cheapest transfer: run the backbone once over the data (`extract_features`)
+and fit a linear classifier on the stored codes (`LinearProbe`), seconds
+instead of a fine-tuning run. The probe is Keras' own `Dense` layer with an
+L2 penalty, trained on standardised codes; `to_model()` folds the
+standardisation and the layer onto the backbone so that the result is one
+model from raw images to logits, ready for `kerastrain.export`.
+"""
+
+import numbers
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+def extract_features(backbone, dataset, verbose=1):
+    """Runs `backbone` in inference mode over a dataset of `(images, labels)`.
+
+    One pass, so shuffled datasets keep features and labels paired.
+
+    Args:
+        backbone: a model mapping images to feature vectors (e.g. from
+            `kerastrain.transfer.backbone`).
+        dataset: a batched `tf.data.Dataset` (or iterable) of `(images,
+            labels)` or `(images, labels, sample_weights)` elements.
+        verbose: 1 shows a `keras.utils.Progbar` over batches, 0 is silent.
+            Defaults to 1.
+
+    Returns:
+        `(features, labels)`: `float32` array `(N, D)` and `int64` array `(N,)`.
+
+    Example:
+
+    >>> codes, labels = extract_features(backbone("MobileNetV2"), data.train)
+    """
+    total = None
+    if isinstance(dataset, tf.data.Dataset):
+        cardinality = int(dataset.cardinality())
+        total = cardinality if cardinality >= 0 else None
+    progbar = keras.utils.Progbar(total, verbose=verbose, unit_name="batch")
+    features, labels = [], []
+    for step, element in enumerate(dataset, start=1):
+        if not isinstance(element, (tuple, list)) or len(element) < 2:
+            raise ValueError("extract_features() needs a dataset of (images, "
+                             "labels) batches; received elements of type "
+                             f"{type(element).__name__}")
+        # Keras' cached predict function: inference mode, traced once.
+        codes = np.asarray(backbone.predict_on_batch(element[0]), dtype=np.float32)
+        features.append(codes.reshape(len(codes), -1))
+        labels.append(np.asarray(element[1]).astype(np.int64).reshape(-1))
+        progbar.update(step)
+    if not features:
+        raise ValueError("extract_features() received an empty dataset")
+    return np.concatenate(features), np.concatenate(labels)
+
+
+class LinearProbe:
+    """Multinomial logistic regression on CNN codes, trained with Keras.
+
+    Minimises `mean cross-entropy(softmax(W z + b), y) + l2 * ||W||^2` over
+    standardised codes `z = (x - mean) / std` (statistics of the training
+    codes) with Adam, full-batch friendly and seeded.
+
+    Args:
+        num_classes: number of classes.
+        l2: L2 penalty on `W`. Defaults to `1e-4`.
+        learning_rate: Adam learning rate. Defaults to `1e-2`.
+        epochs: passes over the codes. Defaults to 100.
+        batch_size: codes per step. Defaults to 256.
+        seed: seed of the initial weights and the shuffling. Defaults to 0.
+
+    Example:
+
+    >>> probe = LinearProbe(5).fit(train_codes, train_labels)
+    >>> probe.evaluate(test_codes, test_labels)["accuracy"]
+    """
+
+    def __init__(self, num_classes, l2=1e-4, learning_rate=1e-2, epochs=100,
+                 batch_size=256, seed=0):
+        _check("num_classes", num_classes, isinstance(num_classes, numbers.Integral)
+               and num_classes >= 2, "an int >= 2")
+        _check("l2", l2, _is_real(l2) and l2 >= 0, "l2 >= 0")
+        _check("learning_rate", learning_rate, _is_real(learning_rate)
+               and learning_rate > 0, "learning_rate > 0")
+        _check("epochs", epochs, isinstance(epochs, numbers.Integral) and epochs >= 1,
+               "an int >= 1")
+        _check("batch_size", batch_size, isinstance(batch_size, numbers.Integral)
+               and batch_size >= 1, "an int >= 1")
+        _check("seed", seed, isinstance(seed, numbers.Integral), "an int")
+        self.num_classes = int(num_classes)
+        self.l2 = float(l2)
+        self.learning_rate = float(learning_rate)
+        self.epochs = int(epochs)
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.model = None
+
+    def fit(self, features, labels, validation=None, verbose=0):
+        """Trains on codes; `validation` is an optional `(features, labels)`.
+
+        Returns:
+            `self` (the Keras `History` is `self.history`).
+        """
+        features, labels = self._check_data(features, labels, fitting=True)
+        if validation is not None:
+            validation = self._check_data(*validation, fitting=True)
+            if validation[0].shape[1] != features.shape[1]:
+                raise ValueError(f"Validation codes have {validation[0].shape[1]} "
+                                 f"dimensions, training codes {features.shape[1]}")
+        norm = keras.layers.Normalization(name="standardize")
+        norm.adapt(features)
+        inputs = keras.Input((features.shape[1],), name="codes")
+        outputs = keras.layers.Dense(
+            self.num_classes, kernel_regularizer=keras.regularizers.L2(self.l2),
+            kernel_initializer=keras.initializers.GlorotUniform(self.seed),
+            name="probe")(norm(inputs))
+        self.model = keras.Model(inputs, outputs, name="linear_probe")
+        self.model.compile(
+            keras.optimizers.Adam(self.learning_rate),
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"])
+        train = tf.data.Dataset.from_tensor_slices((features, labels)).shuffle(
+            len(labels), seed=self.seed).batch(self.batch_size)
+        self.history = self.model.fit(train, epochs=self.epochs, shuffle=False,
+                                      validation_data=validation, verbose=verbose)
+        return self
+
+    def predict_proba(self, features):
+        """Class probabilities `(N, num_classes)` of codes."""
+        features, _ = self._check_data(features, None)
+        logits = self.model.predict(features, batch_size=1024, verbose=0)
+        return keras.ops.convert_to_numpy(keras.ops.softmax(logits, axis=-1))
+
+    def evaluate(self, features, labels):
+        """`{"accuracy": ..., "loss": ...}`, loss = mean cross-entropy (no L2)."""
+        features, labels = self._check_data(features, labels)
+        probs = self.predict_proba(features)
+        picked = np.maximum(probs[np.arange(len(labels)), labels], 1e-12)
+        return {"accuracy": float(np.mean(probs.argmax(axis=1) == labels)),
+                "loss": float(-np.mean(np.log(picked)))}
+
+    def to_model(self, backbone, name="probe_classifier"):
+        """One model: raw images -> backbone (inference mode) -> logits."""
+        self._check_fitted()
+        inputs = keras.Input(backbone.input_shape[1:], name="images")
+        codes = keras.layers.Flatten(name="codes")(backbone(inputs, training=False))
+        norm, dense = self.model.get_layer("standardize"), self.model.get_layer("probe")
+        return keras.Model(inputs, dense(norm(codes)), name=name)
+
+    def _check_data(self, features, labels, fitting=False):
+        if not fitting:
+            self._check_fitted()
+        features = np.asarray(features, dtype=np.float32)
+        if features.ndim != 2 or not len(features):
+            raise ValueError("Expected features of shape (N, D) with N >= 1, "
+                             f"received shape {features.shape}")
+        if not fitting and features.shape[1] != self.model.input_shape[-1]:
+            raise ValueError(f"The probe was fitted on {self.model.input_shape[-1]}"
+                             f"-dimensional codes, received {features.shape[1]}")
+        if labels is None:
+            return features, None
+        labels = np.asarray(labels).reshape(-1)
+        if len(labels) != len(features) or not np.issubdtype(labels.dtype, np.integer) \
+                or labels.min() < 0 or labels.max() >= self.num_classes:
+            raise ValueError(f"Expected {len(features)} integer labels in [0, "
+                             f"{self.num_classes}), received {labels.dtype} "
+                             f"labels of shape {labels.shape}")
+        return features, labels.astype(np.int64)
+
+    def _check_fitted(self):
+        if self.model is None:
+            raise ValueError("The LinearProbe is not fitted yet; call fit() first")
+
+
+def _is_real(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check(name, value, ok, expected):
+    if not ok or isinstance(value, bool):
+        raise ValueError(f"Invalid value for `{name}`: expected {expected}, "
+                         f"received {name}={value!r}")

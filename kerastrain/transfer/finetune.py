@@ -1,0 +1,245 @@
+"""Fine-tuning in two phases: a new head on a frozen backbone, then top blocks.
+
+Following the Keras transfer-learning guide: the backbone is called with
+`training=False`, so its BatchNorm layers use their moving statistics even
+once unfrozen, and `unfreeze` additionally keeps every BatchNorm's
+gamma/beta frozen. Phase 2 recompiles at a lower learning rate (changing
+`trainable` only takes effect at `compile()`), optionally unfreezing the
+blocks one by one (`GradualUnfreezing`) or giving lower blocks lower rates
+(`discriminative_optimizer`, on Keras' `MultiOptimizer`).
+"""
+
+import numbers
+import re
+
+import keras
+
+from kerastrain import optimizers
+from kerastrain import schedules
+from kerastrain.transfer.unfreezing import (GradualUnfreezing, block_names,
+                                            freeze_backbone, unfreeze)
+
+
+def build_classifier(backbone, num_classes, dropout=0.2, seed=None,
+                     name="classifier"):
+    """`raw images -> backbone(training=False) -> Dropout -> Dense logits`.
+
+    Build it inside `strategy.scope()` to train under `tf.distribute`.
+
+    Args:
+        backbone: a feature extractor (from `backbone()` or `cut_backbone()`).
+        num_classes: number of classes.
+        dropout: dropout rate before the logits, `0 <= dropout < 1`.
+            Defaults to `0.2`.
+        seed: dropout seed. Defaults to `None`.
+        name: model name. Defaults to `"classifier"`.
+
+    Returns:
+        An uncompiled functional `keras.Model` whose only nested model is
+        `backbone`, outputting logits (use `from_logits=True`).
+
+    Example:
+
+    >>> model = build_classifier(backbone("MobileNetV3Small"), num_classes=5)
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) \
+            or num_classes < 2:
+        raise ValueError("Invalid value for `num_classes`: expected an int >= 2, "
+                         f"received num_classes={num_classes!r}")
+    if not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
+        raise ValueError("Invalid value for `dropout`: expected 0 <= dropout < 1, "
+                         f"received dropout={dropout!r}")
+    inputs = keras.Input(backbone.input_shape[1:], name="images")
+    # training=False: BatchNorm inside stays in inference mode in every phase.
+    x = backbone(inputs, training=False)
+    if len(x.shape) > 2:
+        x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    if dropout:
+        x = keras.layers.Dropout(dropout, seed=seed, name="head_dropout")(x)
+    outputs = keras.layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def discriminative_optimizer(model, optimizer="adam", learning_rate=1e-4,
+                             decay=0.5, **kwargs):
+    """One optimizer per trainable backbone block, lower rates lower down.
+
+    Howard & Ruder (ULMFiT, 2018): the head trains at `learning_rate`, the
+    top trainable backbone block at `learning_rate * decay`, the next at
+    `learning_rate * decay**2`, ... Built on Keras' `MultiOptimizer` with an
+    `OptimizerMap` from variable paths, so it saves with the model. Call it
+    after `unfreeze` (blocks frozen at that time get no optimizer of their
+    own). A schedule is scaled per block; each inner optimizer counts its own
+    steps, all advancing together since every trainable variable gets a
+    gradient each step. `MultiOptimizer` has no single `learning_rate`, so
+    callbacks that read or set it (`LearningRateLogger`, SWA's
+    `swa_learning_rate`, `ReduceLROnPlateau`) do not apply.
+
+    Args:
+        model: a classifier from `build_classifier`, after `unfreeze`.
+        optimizer: optimizer name or config for `kerastrain.optimizers.build`.
+            Defaults to `"adam"`.
+        learning_rate: rate of the head: a float, a `LearningRateSchedule`
+            or a schedule config dict. Defaults to `1e-4`.
+        decay: factor per block from the top, `0 < decay <= 1`. Defaults to 0.5.
+        **kwargs: further arguments of the optimizer.
+
+    Returns:
+        A `keras.optimizers.MultiOptimizer`.
+
+    Example:
+
+    >>> unfreeze(model, top=3)
+    >>> model.compile(discriminative_optimizer(model, "adam", 1e-3, 0.5), ...)
+    """
+    if not isinstance(decay, numbers.Real) or isinstance(decay, bool) \
+            or not 0 < decay <= 1:
+        raise ValueError("Invalid value for `decay`: expected 0 < decay <= 1, "
+                         f"received decay={decay!r}")
+    if isinstance(learning_rate, dict):
+        learning_rate = schedules.get(learning_rate)
+    trainable = [(name, [v for layer in layers for v in layer.trainable_weights])
+                 for name, layers in block_names(model)]
+    trainable = [(name, variables) for name, variables in trainable if variables]
+    if not trainable:
+        raise ValueError("No backbone block is trainable; call "
+                         "kerastrain.transfer.unfreeze(model, top=N) first")
+    mapping = keras.optimizers.OptimizerMap(
+        optimizers.build(optimizer, learning_rate=learning_rate, **kwargs))
+    for depth, (_, variables) in enumerate(reversed(trainable), start=1):
+        inner = optimizers.build(optimizer, learning_rate=_scaled(
+            learning_rate, float(decay) ** depth), **kwargs)
+        for variable in variables:
+            mapping[re.escape(variable.path)] = inner
+    return keras.optimizers.MultiOptimizer(mapping)
+
+
+@keras.saving.register_keras_serializable(package="kerastrain")
+class ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """`factor * schedule(step)`: one schedule at a fraction of its rate."""
+
+    def __init__(self, schedule, factor):
+        super().__init__()
+        self.schedule, self.factor = schedule, float(factor)
+
+    def __call__(self, step):
+        return self.factor * self.schedule(step)
+
+    def get_config(self):
+        return {"schedule": keras.saving.serialize_keras_object(self.schedule),
+                "factor": self.factor}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(keras.saving.deserialize_keras_object(config["schedule"]),
+                   config["factor"])
+
+
+def fine_tune(model, data, *, validation_data=None, head_epochs=5,
+              finetune_epochs=5, unfreeze_top=1, unit="blocks", gradual=False,
+              head_lr=1e-3, finetune_lr=1e-4, block_lr_decay=None,
+              optimizer="adam", ema_momentum=None, augmentation=None, callbacks=(),
+              finetune_callbacks=(), verbose=2):
+    """Runs phase 1 (head on a frozen backbone) then phase 2 (top blocks).
+
+    Phase 1 freezes the backbone and compiles with `head_lr`; phase 2
+    unfreezes the top `unfreeze_top` blocks (BatchNorm stays frozen), builds
+    a fresh optimizer with `finetune_lr` (a float or a schedule counted from
+    the start of phase 2) and continues the epoch count (`initial_epoch =
+    head_epochs`). Both phases compile under the model's `tf.distribute`
+    strategy, sparse categorical cross-entropy on logits, and accuracy.
+
+    Args:
+        model: a classifier from `build_classifier`.
+        data: a `kerastrain.data.DataSplits` (its `train`/`validation` are
+            used) or a training `tf.data.Dataset`.
+        validation_data: validation dataset when `data` is a dataset.
+        head_epochs: epochs of phase 1 (0 skips it). Defaults to 5.
+        finetune_epochs: epochs of phase 2 (0 skips it). Defaults to 5.
+        unfreeze_top: blocks (or layers) unfrozen in phase 2. Defaults to 1.
+        unit: `"blocks"` or `"layers"`. Defaults to `"blocks"`.
+        gradual: unfreeze the top blocks one per epoch (`GradualUnfreezing`).
+            Defaults to `False`.
+        head_lr: learning rate of phase 1. Defaults to `1e-3`.
+        finetune_lr: (lower) learning rate of phase 2: a float, a
+            `LearningRateSchedule` or a schedule config dict. Defaults to `1e-4`.
+        block_lr_decay: if set, discriminative rates in phase 2
+            (`discriminative_optimizer` with this `decay`). Defaults to `None`.
+        optimizer: optimizer name or config for `kerastrain.optimizers.build`
+            (e.g. `{"name": "adamw", "weight_decay": 1e-4}`). Defaults to
+            `"adam"`.
+        ema_momentum: if set, phase 2 keeps an exponential moving average of
+            the weights (Keras' `use_ema`), validates on it
+            (`SwapEMAWeights`) and ends with it. Defaults to `None`.
+        augmentation: optional object with `.apply(dataset)`, e.g. a
+            `kerastrain.augment.Augmentation`. Defaults to `None`.
+        callbacks: Keras callbacks for both phases. Defaults to `()`.
+        finetune_callbacks: callbacks for phase 2 only (weight averaging,
+            snapshots). Defaults to `()`.
+        verbose: `fit` verbosity. Defaults to 2.
+
+    Returns:
+        `(head_history, finetune_history)`, Keras `History` objects (`None`
+        for a skipped phase).
+
+    Example:
+
+    >>> model = build_classifier(backbone(None, weights="source.keras"), 5)
+    >>> fine_tune(model, data, head_epochs=5, finetune_epochs=10, unfreeze_top=2)
+    """
+    for name, value in (("head_epochs", head_epochs), ("finetune_epochs", finetune_epochs)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+            raise ValueError(f"Invalid value for `{name}`: expected an int >= 0, "
+                             f"received {name}={value!r}")
+    if head_epochs + finetune_epochs == 0:
+        raise ValueError("Nothing to train: head_epochs=0 and finetune_epochs=0")
+    if ema_momentum is not None and block_lr_decay is not None:
+        raise ValueError("Pass `ema_momentum` or `block_lr_decay`, not both: "
+                         "Keras' MultiOptimizer keeps no moving average")
+    if gradual and block_lr_decay is not None:
+        raise ValueError("Pass `gradual=True` or `block_lr_decay`, not both: "
+                         "Keras' MultiOptimizer cannot skip frozen variables")
+    freeze_backbone(model)
+    if finetune_epochs:  # Check `unfreeze_top` before spending phase 1.
+        unfreeze(model, top=unfreeze_top, unit=unit)
+        freeze_backbone(model)
+    train = getattr(data, "train", data)
+    validation = data.validation if hasattr(data, "train") else validation_data
+    if augmentation is not None:
+        train = augmentation.apply(train)
+    # shuffle=False: a tf.data pipeline shuffles itself.
+    fit = dict(x=train, validation_data=validation, shuffle=False, verbose=verbose)
+    head = tuned = None
+    if head_epochs:
+        _compile(model, lambda: optimizers.build(optimizer, learning_rate=head_lr))
+        head = model.fit(epochs=head_epochs, callbacks=list(callbacks), **fit)
+    if finetune_epochs:
+        unfreeze(model, top=unfreeze_top, unit=unit)
+        ema = {} if ema_momentum is None else {"use_ema": True,
+                                               "ema_momentum": ema_momentum}
+        _compile(model, lambda: discriminative_optimizer(
+            model, optimizer, finetune_lr, block_lr_decay)
+            if block_lr_decay is not None
+            else optimizers.build(optimizer, learning_rate=finetune_lr, **ema))
+        extra = [GradualUnfreezing(unfreeze_top, unit)] if gradual else []
+        if ema:
+            extra.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+        tuned = model.fit(initial_epoch=head_epochs,
+                          epochs=head_epochs + finetune_epochs,
+                          callbacks=extra + list(callbacks) + list(finetune_callbacks),
+                          **fit)
+    return head, tuned
+
+
+def _compile(model, make_optimizer):
+    # Optimizer variables must be created under the model's strategy.
+    with model.distribute_strategy.scope():
+        model.compile(make_optimizer(),
+                      keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      metrics=["accuracy"])
+
+
+def _scaled(learning_rate, factor):
+    if isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+        return ScaledSchedule(learning_rate, factor)
+    return learning_rate * factor

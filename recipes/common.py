@@ -1,0 +1,507 @@
+"""Wiring shared by the recipe scripts: flags, schedules, callbacks, outputs.
+
+Every recipe writes the same run directory (the output contract):
+`config.json` (all flags), `history.csv`, `metrics.json`, PNG plots and,
+with `--export_dir`, a SavedModel. The techniques themselves live in the
+`kerastrain` package; this module only turns flag values into library calls.
+
+absl flags are global to a process, so the flags every recipe shares are
+defined here, once, however many recipes are imported; a recipe defines only
+the flags that are its own, under names no other recipe uses.
+"""
+
+import json
+import math
+import os
+
+import keras
+import numpy as np
+from absl import flags
+
+import kerastrain as kt
+from kerastrain import callbacks as kt_callbacks
+from kerastrain import distribute, ensemble, export, transfer
+
+FLAGS = flags.FLAGS
+
+SCHEDULES = ("constant", "step", "exponential", "inverse_time", "cosine",
+             "cyclical", "warm_restarts", "one_cycle")
+CYCLIC_SCHEDULES = ("cyclical", "warm_restarts")
+REGULARIZERS = ("none", "l2", "l1", "elastic_net")
+_THIS_MODULE = __name__
+_DEFINED = set()
+# Epoch-counted default schedule arguments and their step-counted forms: an
+# override of either form in --schedule_args replaces the default.
+_SAME_QUANTITY = {"boundaries_epochs": "boundaries", "k_per_epoch": "k",
+                  "decay_epochs": "decay_steps", "step_size_epochs": "step_size",
+                  "first_cycle_epochs": "first_cycle_steps",
+                  "total_epochs": "total_steps"}
+
+
+def define_data_flags(default_data="cifar10_mini"):
+    """Defines the data flags shared by every recipe (once per process)."""
+    if "data" in _DEFINED:
+        return
+    _DEFINED.add("data")
+    flags.DEFINE_string(
+        "data", default_data,
+        "Data spec: cifar10_mini (embedded), folder:PATH or tfds:NAME.")
+    flags.DEFINE_list("classes", None,
+                      "Comma list of class names to keep, in label order.")
+    flags.DEFINE_integer("labels_per_class", None,
+                         "Keep this many training images per class (few-shot).")
+    flags.DEFINE_integer("image_size", None,
+                         "Resize images to this square size (default: as stored).")
+    flags.DEFINE_integer("batch_size", 64, "Global batch size.")
+    flags.DEFINE_float("validation_fraction", 0.1,
+                       "Fraction of the training images held out for validation.")
+    flags.DEFINE_integer("seed", 0, "Random seed for data order, init and augmentation.")
+
+
+def define_training_flags():
+    """Defines the optimisation, regularization, averaging, scale and output
+    flags shared by the training recipes (once per process). The number of
+    epochs is each recipe's own flag."""
+    if "training" in _DEFINED:
+        return
+    _DEFINED.add("training")
+    flags.DEFINE_string("optimizer", "adam",
+                        "sgd, momentum, nesterov, adagrad, rmsprop, adam, adamw, "
+                        "or any Keras optimizer name.")
+    flags.DEFINE_float("learning_rate", 1e-3,
+                       "Base (peak) learning rate of the schedule.")
+    flags.DEFINE_float("weight_decay", None,
+                       "Decoupled weight decay of the optimizer (e.g. adamw).")
+    flags.DEFINE_enum("schedule", "constant", SCHEDULES,
+                      "Learning-rate schedule; its arguments derive from "
+                      "--learning_rate and the epochs unless --schedule_args sets them.")
+    flags.DEFINE_string("schedule_args", None,
+                        'JSON dict of schedule arguments, e.g. \'{"factor": 0.5}\'; '
+                        "epoch forms (drop_every_epochs, ...) are accepted.")
+    flags.DEFINE_float("warmup_epochs", 0.0, "Linear warm-up epochs before the schedule.")
+    flags.DEFINE_string("augment", "standard",
+                        "Augmentation policy: none, light, standard or heavy.")
+    flags.DEFINE_float("dropout", 0.0, "InvertedDropout rate before the classifier.")
+    flags.DEFINE_enum("regularizer", "none", REGULARIZERS,
+                      "Weight penalty on every kernel.")
+    flags.DEFINE_float("regularization", 1e-4, "Strength of --regularizer.")
+    flags.DEFINE_float("l1_ratio", 0.5, "L1 share of the elastic net penalty.")
+    flags.DEFINE_integer("swa_start", None,
+                         "Average the weights from this 0-based epoch on (SWA); the "
+                         "averaged model is evaluated and exported.")
+    flags.DEFINE_float("swa_lr", None, "Constant learning rate while averaging "
+                       "(default: the schedule goes on).")
+    flags.DEFINE_integer("snapshots", 0,
+                         "Snapshot ensemble of this many cycles (needs --schedule="
+                         "warm_restarts or cyclical); the ensemble is exported.")
+    flags.DEFINE_bool("ema", False, "Keep an exponential moving average of the "
+                      "trainable weights (Keras use_ema), validate on it and end "
+                      "training with it.")
+    flags.DEFINE_float("ema_momentum", 0.99, "EMA momentum.")
+    flags.DEFINE_enum("strategy", "default", list(distribute.STRATEGIES),
+                      "tf.distribute strategy.")
+    flags.DEFINE_string("tpu", None, "TPU name or address for --strategy=tpu "
+                        "('local' on a TPU VM).")
+    flags.DEFINE_string("output_dir", None, "Run directory (default: runs/RECIPE).")
+    flags.DEFINE_string("export_dir", None, "Write the SavedModel here.")
+    flags.DEFINE_integer("verbose", 2, "Keras fit verbosity (0, 1 or 2).")
+
+
+# -- configs ------------------------------------------------------------------
+
+
+def flag_config(module="__main__"):
+    """The parsed values of the shared flags and of `module`'s own flags.
+
+    Args:
+        module: name of the recipe module whose flags to include. Defaults to
+            `"__main__"` (the recipe being run).
+
+    Returns:
+        A JSON-able dict `{flag name: value}`.
+    """
+    return {f.name: f.value for f in _recipe_flags(module)}
+
+
+def default_config(module):
+    """The flag defaults of the recipe `module`, as a config dict."""
+    return {f.name: f.default for f in _recipe_flags(module)}
+
+
+def complete_config(config, module):
+    """`config` completed with the flag defaults of the recipe `module`.
+
+    Lets callers such as a random search pass only the settings they change.
+
+    Raises:
+        ValueError: for a key that is no flag of the recipe.
+    """
+    defaults = default_config(module)
+    unknown = sorted(set(config) - set(defaults))
+    if unknown:
+        raise ValueError(f"Unknown settings {unknown}; the recipe's flags are "
+                         f"{sorted(defaults)}")
+    config = {**defaults, **config}
+    if config.get("output_dir") is None:
+        config["output_dir"] = os.path.join("runs", module.rsplit(".", 1)[-1])
+    return config
+
+
+def _recipe_flags(module):
+    names = {}
+    for name in (_THIS_MODULE, module):
+        for f in FLAGS.get_flags_for_module(name):
+            names[f.name] = f
+    return sorted(names.values(), key=lambda f: f.name)
+
+
+def check_config(config, epochs):
+    """Checks the flags that only make sense together, before any work.
+
+    Args:
+        config: a completed config.
+        epochs: the number of epochs the recipe trains.
+    """
+    if config.get("swa_start") is not None and not 0 <= config["swa_start"] < epochs:
+        raise ValueError(f"Invalid value for --swa_start: expected 0 <= swa_start < "
+                         f"epochs={epochs}, received swa_start={config['swa_start']}")
+    if config.get("swa_lr") is not None and config.get("swa_start") is None:
+        raise ValueError("--swa_lr sets the learning rate while averaging; pass "
+                         "--swa_start too (the epoch averaging starts)")
+    snapshots = config.get("snapshots") or 0
+    if snapshots < 0 or snapshots == 1:
+        raise ValueError(f"Invalid value for --snapshots: expected 0 (none) or at "
+                         f"least 2 snapshots, received snapshots={snapshots}")
+    if snapshots and config["schedule"] not in CYCLIC_SCHEDULES:
+        raise ValueError(f"--snapshots={snapshots} needs a schedule with cycles: pass "
+                         f"--schedule=warm_restarts or --schedule=cyclical (received "
+                         f"--schedule={config['schedule']})")
+    if config["regularizer"] not in REGULARIZERS:
+        raise ValueError(f"Invalid value for --regularizer: expected one of "
+                         f"{REGULARIZERS}, received {config['regularizer']!r}")
+    if config["strategy"] != "tpu" and config.get("tpu"):
+        raise ValueError("--tpu names the TPU of --strategy=tpu; received "
+                         f"--strategy={config['strategy']}")
+    if config.get("export_dir") and os.path.abspath(config["export_dir"]) == \
+            os.path.abspath(config["output_dir"]):
+        raise ValueError("--export_dir must differ from --output_dir: the export "
+                         "replaces its directory")
+
+
+def strategy(config):
+    """The `tf.distribute` strategy of `--strategy` (create it first thing)."""
+    tpu = config.get("tpu") if config["strategy"] == "tpu" else None
+    return distribute.get_strategy(config["strategy"], tpu=tpu)
+
+
+def prepare_output_dir(config):
+    """Creates the run directory and writes `config.json`; returns its path.
+
+    Workers other than the chief of a multi-worker cluster write to
+    `output_dir/workers/worker_N`. A run directory holding the backup of an
+    interrupted run resumes it, so it must have been started with the same
+    flags.
+    """
+    output_dir = config["output_dir"]
+    if not distribute.is_chief():
+        task = json.loads(os.environ["TF_CONFIG"])["task"]
+        output_dir = os.path.join(output_dir, "workers",
+                                  f"{task['type']}_{task.get('index', 0)}")
+    config_path = os.path.join(output_dir, "config.json")
+    if os.path.isdir(os.path.join(output_dir, "backup")) and os.path.exists(config_path):
+        with open(config_path) as f:
+            previous = json.load(f)
+        changed = sorted(k for k in set(previous) | set(config)
+                         if previous.get(k) != config.get(k))
+        if changed:
+            raise ValueError(
+                f"{output_dir!r} holds an interrupted run with other flags "
+                f"({changed}), which this run would resume; pass the same flags "
+                f"to resume it, or delete {os.path.join(output_dir, 'backup')!r} "
+                "to start afresh.")
+    os.makedirs(output_dir, exist_ok=True)
+    write_json(config_path, config)
+    return output_dir
+
+
+def load_data(config):
+    """Loads the data spec of a config."""
+    return kt.data.load(
+        config["data"], image_size=config.get("image_size"),
+        batch_size=config["batch_size"], classes=config.get("classes"),
+        labels_per_class=config.get("labels_per_class"),
+        validation_fraction=config["validation_fraction"], seed=config["seed"])
+
+
+# -- optimisation -------------------------------------------------------------
+
+
+def schedule_config(config, steps_per_epoch, epochs, learning_rate=None):
+    """The schedule config for `kt.schedules.get` from the recipe's flags.
+
+    Defaults: `step` drops 10x at 1/2 and 3/4 of training; `exponential` and
+    `inverse_time` end 100x and 10x lower; `cosine` and `one_cycle` span the
+    run; `cyclical` and `warm_restarts` fit `--snapshots` (or 4) whole cycles
+    into the steps after the warm-up. `--schedule_args` overrides any of it.
+    """
+    lr = config["learning_rate"] if learning_rate is None else learning_rate
+    warmup_steps = round((config.get("warmup_epochs") or 0) * steps_per_epoch)
+    cycle_steps = (epochs * steps_per_epoch - warmup_steps) // (config.get("snapshots") or 4)
+    if config["schedule"] in CYCLIC_SCHEDULES and cycle_steps < 2:
+        raise ValueError(f"Too few steps for {config.get('snapshots') or 4} cycles of "
+                         f"--schedule={config['schedule']}: train more epochs or use "
+                         "fewer --snapshots")
+    defaults = {
+        "constant": {"learning_rate": lr},
+        "step": {"initial_learning_rate": lr, "factor": 0.1,
+                 "boundaries_epochs": sorted({epochs // 2, (3 * epochs) // 4})},
+        "exponential": {"initial_learning_rate": lr,
+                        "k_per_epoch": math.log(100.0) / epochs},
+        "inverse_time": {"initial_learning_rate": lr, "k_per_epoch": 9.0 / epochs},
+        "cosine": {"initial_learning_rate": lr, "decay_epochs": epochs},
+        "cyclical": {"base_lr": lr / 10, "max_lr": lr,
+                     "step_size_epochs": (cycle_steps // 2) / steps_per_epoch},
+        "warm_restarts": {"initial_learning_rate": lr, "t_mul": 1.0,
+                          "first_cycle_epochs": cycle_steps / steps_per_epoch},
+        "one_cycle": {"max_lr": lr, "total_epochs": epochs},
+    }[config["schedule"]]
+    try:
+        overrides = json.loads(config.get("schedule_args") or "{}")
+    except json.JSONDecodeError as error:
+        raise ValueError(f"Invalid value for --schedule_args: expected a JSON dict, "
+                         f"received {config['schedule_args']!r} ({error})") from None
+    if not isinstance(overrides, dict):
+        raise ValueError("Invalid value for --schedule_args: expected a JSON dict, "
+                         f"received {config['schedule_args']!r}")
+    for key in overrides:
+        for epoch_form, step_form in _SAME_QUANTITY.items():
+            if key in (epoch_form, step_form):
+                defaults.pop(epoch_form, None)
+    result = {"name": config["schedule"], **defaults, **overrides,
+              "steps_per_epoch": steps_per_epoch}
+    if warmup_steps:
+        result["warmup_steps"] = warmup_steps
+    return result
+
+
+def optimizer(config, schedule):
+    """Builds the optimizer of a config around `schedule`."""
+    kwargs = {}
+    if config.get("weight_decay") is not None:
+        kwargs["weight_decay"] = config["weight_decay"]
+    if config.get("ema"):
+        kwargs.update(use_ema=True, ema_momentum=config["ema_momentum"])
+    return kt.optimizers.build(config["optimizer"], learning_rate=schedule, **kwargs)
+
+
+def regularizer(config):
+    """The kernel regularizer of `--regularizer`, or `None`."""
+    strength = config["regularization"]
+    return {
+        "none": lambda: None,
+        "l2": lambda: keras.regularizers.L2(strength),
+        "l1": lambda: keras.regularizers.L1(strength),
+        "elastic_net": lambda: kt.regularizers.ElasticNet(strength, config["l1_ratio"]),
+    }[config["regularizer"]]()
+
+
+def snapshot_steps(schedule, total_steps):
+    """The last step of every cycle of a cyclic schedule within `total_steps`."""
+    offset = 0
+    if isinstance(schedule, kt.schedules.Warmup):
+        offset, schedule = schedule.warmup_steps, schedule.schedule
+    if isinstance(schedule, kt.schedules.WarmRestarts):
+        ends = schedule.cycle_end_steps(total_steps - offset)
+    elif isinstance(schedule, kt.schedules.CyclicalLearningRate):
+        period = 2 * int(schedule.step_size)
+        ends = list(range(period - 1, total_steps - offset, period))
+    else:
+        raise ValueError(f"Snapshots need a schedule with cycles (warm_restarts or "
+                         f"cyclical), received {type(schedule).__name__}")
+    return [offset + end for end in ends]
+
+
+# -- training -----------------------------------------------------------------
+
+
+def training_callbacks(config, data, schedule, steps_per_epoch, epochs, output_dir):
+    """Callbacks for the averaging, logging and resume flags of a config.
+
+    Order matters: SWA and the snapshots see the raw weights at epoch ends and
+    `BackupAndRestore` backs them up before `SwapEMAWeights` swaps the EMA in.
+
+    Returns:
+        `(callbacks, swa, snapshot_dir)`: `swa` is the
+        `StochasticWeightAveraging` callback or `None`, `snapshot_dir` the
+        snapshot directory or `None`.
+    """
+    callbacks = [kt_callbacks.LearningRateLogger(), keras.callbacks.TerminateOnNaN()]
+    swa = snapshot_dir = None
+    if config.get("swa_start") is not None:
+        swa = kt_callbacks.StochasticWeightAveraging(
+            start_epoch=config["swa_start"], swa_learning_rate=config.get("swa_lr"),
+            bn_update_data=data.train,
+            state_path=os.path.join(output_dir, "swa_state.npz"))
+        callbacks.append(swa)
+    if config.get("snapshots"):
+        ends = snapshot_steps(schedule, epochs * steps_per_epoch)
+        if len(ends) < config["snapshots"]:
+            raise ValueError(
+                f"--snapshots={config['snapshots']} but the schedule completes only "
+                f"{len(ends)} cycles in {epochs} epochs; lower --snapshots or change "
+                "--schedule_args")
+        snapshot_dir = os.path.join(output_dir, "snapshots")
+        callbacks.append(kt_callbacks.SnapshotEnsemble(
+            snapshot_dir, cycle_end_steps=ends, keep=config["snapshots"], verbose=0))
+    backup_dir = os.path.join(output_dir, "backup")
+    resuming = os.path.isdir(backup_dir)
+    # An interrupted run resumes from the backup when started again; Keras
+    # deletes the backup once training completes.
+    callbacks.append(keras.callbacks.BackupAndRestore(backup_dir))
+    if config.get("ema"):
+        callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+    callbacks.append(keras.callbacks.CSVLogger(
+        os.path.join(output_dir, "history.csv"), append=resuming))
+    return callbacks, swa, snapshot_dir
+
+
+def check_finite(history):
+    """Raises a clear error when training stopped on a NaN or inf loss."""
+    losses = history.history.get("loss", [])
+    if losses and not math.isfinite(losses[-1]):
+        raise RuntimeError(
+            f"Training diverged: the loss became {losses[-1]} in epoch {len(losses)}. "
+            "Lower --learning_rate, add --warmup_epochs, or check the data; nothing "
+            "was exported.")
+
+
+def evaluate(model, data, swa=None, snapshot_dir=None):
+    """Test metrics of the trained model and of its averaging variants.
+
+    `test_loss` is the mean cross-entropy (without weight penalties, so that
+    models and ensembles compare).
+
+    Args:
+        model: the trained model (outputs logits), holding its final weights:
+            the SWA average with `swa`, the EMA with `--ema`.
+        data: the `DataSplits`.
+        swa: the `StochasticWeightAveraging` callback, or `None`.
+        snapshot_dir: the `SnapshotEnsemble` directory, or `None`.
+
+    Returns:
+        `(final_model, metrics)`: the model to export (the snapshot ensemble
+        if there is one, else `model`) and the metrics of the output contract.
+    """
+    accuracy, loss = _accuracy_and_loss(model, data.test)
+    metrics = {"test_accuracy": accuracy, "test_loss": loss}
+    final_model = model
+    if swa is not None and swa.final_weights is not None:
+        metrics["swa_test_accuracy"] = accuracy
+        with swa.swap_in_final_weights():
+            metrics["final_test_accuracy"] = _accuracy_and_loss(model, data.test)[0]
+    if snapshot_dir is not None:
+        final_model = ensemble.Ensemble.from_directory(snapshot_dir)
+        members = final_model.evaluate_members(data.test)
+        ensemble_accuracy, ensemble_loss = _accuracy_and_loss(final_model, data.test)
+        metrics.update(
+            test_accuracy=ensemble_accuracy, test_loss=ensemble_loss,
+            model_test_accuracy=accuracy, ensemble_test_accuracy=members["ensemble"],
+            snapshot_test_accuracies=members["members"],
+            last_snapshot_test_accuracy=members["members"][-1])
+    if data.validation is not None:
+        metrics["validation_accuracy"] = _accuracy_and_loss(final_model,
+                                                            data.validation)[0]
+    return final_model, metrics
+
+
+def _accuracy_and_loss(model, dataset):
+    """Top-1 accuracy and mean cross-entropy of `model` on `(x, y)` batches."""
+    outputs = model.predict(dataset.map(lambda x, y: x), verbose=0).astype(np.float64)
+    labels = np.concatenate([y for _, y in dataset.as_numpy_iterator()]).reshape(-1)
+    if not isinstance(model, ensemble.Ensemble):  # logits
+        outputs = np.exp(outputs - outputs.max(-1, keepdims=True))
+        outputs /= outputs.sum(-1, keepdims=True)
+    accuracy = float(np.mean(outputs.argmax(-1) == labels))
+    picked = outputs[np.arange(len(labels)), labels]
+    return accuracy, float(-np.mean(np.log(np.maximum(picked, 1e-12))))
+
+
+# -- outputs ------------------------------------------------------------------
+
+
+def write_outputs(output_dir, history, schedule, total_steps, metrics):
+    """Writes `metrics.json`, the training curves and the schedule plot."""
+    write_json(os.path.join(output_dir, "metrics.json"), metrics)
+    kt.plots.training_curves(history.history,
+                             os.path.join(output_dir, "training_curves.png"))
+    kt.plots.plot_schedule(schedule, total_steps,
+                           os.path.join(output_dir, "learning_rate.png"))
+
+
+def export_model(model, config, class_names):
+    """Exports `model` to `--export_dir` (chief only); returns the path or None."""
+    if not config.get("export_dir") or not distribute.is_chief():
+        return None
+    return export.export_saved_model(model, config["export_dir"], class_names,
+                                     overwrite=True)
+
+
+def save_backbone(model, path):
+    """Saves the feature extractor of `model` (no classifier) as `.keras`."""
+    return save_keras(transfer.cut_backbone(model), path)
+
+
+def write_json(path, payload):
+    """Writes JSON atomically (temporary file, then rename)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    temporary = os.path.join(directory, f".tmp-{os.getpid()}-{os.path.basename(path)}")
+    try:
+        with open(temporary, "w") as f:
+            json.dump(payload, f, indent=2, sort_keys=True, default=_jsonable)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    return path
+
+
+def _jsonable(value):
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def save_keras(model, path):
+    """Saves a `.keras` file atomically (temporary file, then rename)."""
+    if not str(path).endswith(".keras"):
+        raise ValueError(f"Invalid path {path!r}: expected a file name ending in .keras")
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    temporary = os.path.join(directory, f".tmp-{os.getpid()}-{os.path.basename(path)}")
+    try:
+        model.save(temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    return path
+
+
+def run_or_explain(run, config):
+    """Runs `run(config)`; a bad flag or input exits with its message, no traceback."""
+    try:
+        return run(config)
+    except (ValueError, OSError, RuntimeError) as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+def print_metrics(metrics):
+    """Prints the metrics as a short aligned table."""
+    print()
+    for key, value in metrics.items():
+        if isinstance(value, float):
+            value = f"{value:.4f}"
+        elif isinstance(value, list):
+            value = ", ".join(f"{v:.4f}" for v in value)
+        print(f"{key:>30}  {value}")

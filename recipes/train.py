@@ -1,0 +1,108 @@
+"""Train an image classifier from scratch with kerastrain's techniques.
+
+Trains `kerastrain.models.small_cnn` on any data spec with a chosen
+optimizer, learning-rate schedule, augmentation policy, dropout and
+L2/L1/elastic-net regularization, optionally averaging weights (SWA, EMA) or
+collecting a snapshot ensemble, under any `tf.distribute` strategy. Writes
+the run directory of the recipe contract (`config.json`, `history.csv`,
+`metrics.json`, `training_curves.png`, `learning_rate.png`) and, with
+`--export_dir`, a SavedModel that serves raw uint8 images.
+
+    python -m recipes.train --epochs=12 --schedule=cosine --output_dir=runs/cnn
+    python -m recipes.train --optimizer=momentum --learning_rate=0.05 \\
+        --schedule=warm_restarts --snapshots=3 --export_dir=saved_models/snap
+    python -m recipes.train --swa_start=9 --swa_lr=0.01 --epochs=12
+    python -m recipes.train --save_backbone=runs/source/backbone.keras \\
+        --classes=airplane,automobile,bird,cat,deer
+
+`metrics.json` holds `test_accuracy` and `test_loss` (mean cross-entropy) of
+the exported model (the averaged model with SWA/EMA, the ensemble with
+`--snapshots`), `validation_accuracy`, `epochs` and `train_seconds`; SWA runs
+add `swa_test_accuracy` and `final_test_accuracy` (the weights before
+averaging), snapshot runs add `ensemble_test_accuracy`,
+`last_snapshot_test_accuracy`, `snapshot_test_accuracies` and
+`model_test_accuracy` (the trained model itself). Other code calls
+`run(config)` with a dict of flag values; missing ones take their defaults.
+"""
+
+import time
+
+import keras
+from absl import app
+from absl import flags
+from absl import logging
+
+import kerastrain as kt
+from recipes import common
+
+FLAGS = flags.FLAGS
+common.define_data_flags()
+common.define_training_flags()
+flags.DEFINE_integer("epochs", 10, "Training epochs.")
+flags.DEFINE_integer("width", 32, "Filters of the first convolution block.")
+flags.DEFINE_integer("blocks", 3, "Convolution blocks (width doubles each block).")
+flags.DEFINE_string("save_backbone", None,
+                    "Write the trained feature extractor (model without its "
+                    "classifier) to this .keras file, for recipes.finetune --weights.")
+
+
+def run(config):
+    """Trains, evaluates and exports as `config` says.
+
+    Args:
+        config: dict of flag values of this recipe (see `--help`); missing
+            ones take their defaults.
+
+    Returns:
+        The metrics dict written to `metrics.json`.
+    """
+    config = common.complete_config(config, __name__)
+    common.check_config(config, config["epochs"])
+    strategy = common.strategy(config)
+    output_dir = common.prepare_output_dir(config)
+    keras.utils.set_random_seed(config["seed"])
+    data = common.load_data(config)
+    steps_per_epoch = -(-data.num_train // config["batch_size"])
+    total_steps = steps_per_epoch * config["epochs"]
+    schedule = kt.schedules.get(
+        common.schedule_config(config, steps_per_epoch, config["epochs"]))
+    with strategy.scope():
+        model = kt.models.small_cnn(
+            data.num_classes, input_shape=data.image_shape, width=config["width"],
+            blocks=config["blocks"], dropout=config["dropout"],
+            kernel_regularizer=common.regularizer(config))
+        model.compile(optimizer=common.optimizer(config, schedule),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      metrics=["accuracy"])
+    callbacks, swa, snapshot_dir = common.training_callbacks(
+        config, data, schedule, steps_per_epoch, config["epochs"], output_dir)
+    augmentation = kt.augment.Augmentation.from_policy(config["augment"],
+                                                       seed=config["seed"])
+    start = time.time()
+    # shuffle=False: the dataset reshuffles itself every epoch.
+    history = model.fit(augmentation.apply(data.train), validation_data=data.validation,
+                        epochs=config["epochs"], callbacks=callbacks, shuffle=False,
+                        verbose=config["verbose"])
+    train_seconds = time.time() - start
+    common.check_finite(history)
+    final_model, metrics = common.evaluate(model, data, swa, snapshot_dir)
+    metrics.update(epochs=config["epochs"], train_seconds=round(train_seconds, 1))
+    common.write_outputs(output_dir, history, schedule, total_steps, metrics)
+    if config["save_backbone"]:
+        common.save_backbone(model, config["save_backbone"])
+    common.export_model(final_model, config, data.class_names)
+    return metrics
+
+
+def main(argv):
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # TensorFlow's INFO lines are noise here
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments {argv[1:]}; flags take the "
+                             "form --name=value.")
+    metrics = common.run_or_explain(run, common.flag_config(__name__))
+    common.print_metrics(metrics)
+
+
+if __name__ == "__main__":
+    app.run(main)

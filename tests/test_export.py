@@ -1,0 +1,261 @@
+"""Tests for kerastrain.export on a small CNN trained on real CIFAR-10 images."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kerastrain import data as kt_data
+from kerastrain.callbacks import StochasticWeightAveraging
+from kerastrain.export import CLASS_NAMES_FILE, export_saved_model, load_serving
+from kerastrain.models import small_cnn
+
+CLASSES = ("airplane", "automobile", "frog", "ship", "truck")
+TINY_CLASSES = ("a", "b", "c")
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _keras_probabilities(model, images, size=(32, 32)):
+    logits = model(tf.image.resize(images, size), training=False)
+    return _softmax(np.asarray(logits, np.float64))
+
+
+def _resized_uint8(images, size):
+    return tf.cast(tf.round(tf.image.resize(images, (size, size))), tf.uint8)
+
+
+class _PythonNoise(keras.layers.Layer):
+    """Python-side state in `call`: a shift that exists only when traced, so
+    the exported graph disagrees with the eager Keras model."""
+
+    def call(self, x):
+        return x if tf.executing_eagerly() else x + 10.0
+
+
+def _tiny(seed=0, broken=False):
+    keras.utils.set_random_seed(seed)
+    model = small_cnn(len(TINY_CLASSES), width=4, blocks=1)
+    if not broken:
+        return model
+    features = _PythonNoise()(model.get_layer("features").output)
+    logits = keras.layers.Dense(len(TINY_CLASSES), name="noisy_head")(features)
+    return keras.Model(model.input, logits)
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return kt_data.load("cifar10_mini", classes=CLASSES, labels_per_class=60,
+                        batch_size=32, validation_fraction=0, seed=0)
+
+
+@pytest.fixture(scope="module")
+def model(splits):
+    # BatchNorm and dropout: serving must use moving statistics and no dropout.
+    keras.utils.set_random_seed(0)
+    model = small_cnn(len(CLASSES), width=8, blocks=2, dropout=0.5)
+    model.compile(keras.optimizers.Adam(3e-3),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    model.fit(splits.train, epochs=2, verbose=0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def test_arrays(splits):
+    return tuple(np.concatenate(a) for a in zip(*splits.test.as_numpy_iterator()))
+
+
+@pytest.fixture(scope="module")
+def images(test_arrays):
+    x = test_arrays[0]
+    return x[np.random.default_rng(0).choice(len(x), 32, replace=False)]
+
+
+@pytest.fixture(scope="module")
+def exported(model, splits, tmp_path_factory):
+    parent = tmp_path_factory.mktemp("export")
+    path = export_saved_model(model, parent / "cnn", splits.class_names)
+    return parent, path
+
+
+def test_export_writes_only_the_saved_model_and_class_names(exported):
+    parent, path = exported
+    assert path == str(parent / "cnn")
+    assert os.listdir(parent) == ["cnn"]  # no temporary directory left behind
+    with open(os.path.join(path, "assets", CLASS_NAMES_FILE)) as f:
+        assert f.read().splitlines() == list(CLASSES)
+    assert load_serving(path)[1] == list(CLASSES)
+    loaded = tf.saved_model.load(path)
+    assert [n.decode() for n in loaded.class_names().numpy()] == list(CLASSES)
+
+
+@pytest.mark.parametrize("size", [48, 24, 32])
+def test_serves_uint8_images_of_any_size(exported, model, images, size):
+    served_images = _resized_uint8(images, size)
+    signature = tf.saved_model.load(exported[1]).signatures["serving_default"]
+    served = signature(images=served_images)
+    assert served["probabilities"].dtype == tf.float32
+    assert served["class_ids"].dtype == tf.int64
+    assert served["class_names"].dtype == tf.string
+    probabilities = served["probabilities"].numpy()
+    np.testing.assert_allclose(probabilities,
+                               _keras_probabilities(model, served_images), atol=1e-5)
+    np.testing.assert_allclose(probabilities.sum(axis=-1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(served["class_ids"], probabilities.argmax(-1))
+    names = [n.decode() for n in served["class_names"].numpy()]
+    assert names == [CLASSES[i] for i in probabilities.argmax(-1)]
+
+
+def test_serving_runs_in_inference_mode(exported, model, test_arrays):
+    serve, _ = load_serving(exported[1])
+    x = test_arrays[0]
+    first, second = serve(x)["probabilities"], serve(x)["probabilities"]
+    np.testing.assert_array_equal(first, second)  # dropout is off
+    np.testing.assert_allclose(first, _keras_probabilities(model, x), atol=1e-5)
+    # Batch statistics and dropout (training mode) would give other outputs.
+    training = _softmax(np.asarray(model(x, training=True), np.float64))
+    assert np.abs(first - training).max() > 1e-3
+
+
+def test_swa_model_exports_its_averaged_weights(splits, images, tmp_path):
+    keras.utils.set_random_seed(1)
+    model = small_cnn(len(CLASSES), width=4, blocks=1)
+    model.compile(keras.optimizers.Adam(3e-3),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    swa = StochasticWeightAveraging(start_epoch=0, bn_update_data=splits.train)
+    model.fit(splits.train, epochs=2, callbacks=[swa], verbose=0)
+    served = load_serving(export_saved_model(model, tmp_path / "swa", CLASSES))[0](
+        images)["probabilities"]
+    np.testing.assert_allclose(served, _keras_probabilities(model, images), atol=1e-5)
+    with swa.swap_in_final_weights():  # the weights before averaging differ
+        assert np.abs(served - _keras_probabilities(model, images)).max() > 1e-3
+
+
+def test_softmax_model_is_not_softmaxed_twice(model, images, tmp_path):
+    probabilities_model = keras.Model(
+        model.input, keras.layers.Softmax()(model.outputs[0]))
+    path = export_saved_model(probabilities_model, tmp_path / "probs", CLASSES)
+    serve, _ = load_serving(path)
+    np.testing.assert_allclose(serve(images)["probabilities"],
+                               _keras_probabilities(model, images), atol=1e-5)
+
+
+def test_probabilities_read_as_logits_warns(images, tmp_path):
+    base = _tiny()
+    softmax_model = keras.Model(
+        base.input, keras.layers.Activation("softmax")(base.outputs[0]))
+    with pytest.warns(UserWarning, match="look like probabilities"):
+        path = export_saved_model(softmax_model, tmp_path / "m", TINY_CLASSES,
+                                  outputs="logits", probe_images=images)
+    served = load_serving(path)[0](images)["probabilities"]
+    expected = _softmax(np.asarray(softmax_model(images), np.float64))
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+
+
+def test_failed_verification_leaves_nothing(images, tmp_path):
+    with pytest.raises(RuntimeError, match="verification failed"):
+        export_saved_model(_tiny(broken=True), tmp_path / "m", TINY_CLASSES,
+                           probe_images=images)
+    assert os.listdir(tmp_path) == []
+
+
+def test_error_while_writing_leaves_nothing(images, tmp_path, monkeypatch):
+    archive_class = type(keras.export.ExportArchive())
+    write_out = archive_class.write_out
+
+    def write_then_fail(self, filepath, **kwargs):
+        write_out(self, filepath, **kwargs)
+        assert os.listdir(filepath)  # a partial export exists on disk
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(archive_class, "write_out", write_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        export_saved_model(_tiny(), tmp_path / "m", TINY_CLASSES)
+    assert os.listdir(tmp_path) == []
+
+
+def test_existing_path_needs_overwrite(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "keep.txt").write_text("old")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        export_saved_model(_tiny(), tmp_path / "m", TINY_CLASSES)
+    assert os.listdir(tmp_path / "m") == ["keep.txt"]
+
+
+def test_overwrite_replaces_only_after_a_verified_export(images, tmp_path):
+    path = tmp_path / "m"
+    first, second = _tiny(seed=1), _tiny(seed=2)
+    export_saved_model(first, path, TINY_CLASSES)
+    with pytest.raises(RuntimeError, match="verification failed"):
+        export_saved_model(_tiny(broken=True), path, TINY_CLASSES, overwrite=True,
+                           probe_images=images)
+    np.testing.assert_allclose(load_serving(path)[0](images)["probabilities"],
+                               _keras_probabilities(first, images), atol=1e-5)
+    export_saved_model(second, path, ("x", "y", "z"), overwrite=True)
+    serve, class_names = load_serving(path)
+    assert class_names == ["x", "y", "z"]
+    np.testing.assert_allclose(serve(images)["probabilities"],
+                               _keras_probabilities(second, images), atol=1e-5)
+    assert os.listdir(tmp_path) == ["m"]
+
+
+def test_load_serving_rejects_float_images(exported, images):
+    serve, _ = load_serving(exported[1])
+    with pytest.raises(ValueError, match="expected uint8 images"):
+        serve(images.astype("float32"))
+
+
+def test_load_serving_rejects_other_saved_models(tmp_path):
+    _tiny().export(tmp_path / "plain", verbose=False)  # Keras' own export
+    with pytest.raises(ValueError, match="not a SavedModel written by"):
+        load_serving(tmp_path / "plain")
+
+
+def _free_size_model():
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.GlobalAveragePooling2D()(inputs)
+    return keras.Model(inputs, keras.layers.Dense(3)(x))
+
+
+def _grayscale_model():
+    inputs = keras.Input((32, 32, 1))
+    x = keras.layers.GlobalAveragePooling2D()(inputs)
+    return keras.Model(inputs, keras.layers.Dense(3)(x))
+
+
+def _unbuilt_model():
+    return keras.Sequential([keras.layers.Dense(3)])
+
+
+@pytest.mark.parametrize("make_model, kwargs, match", [
+    (_unbuilt_model, dict(), "expected a built keras.Model"),
+    (_tiny, dict(outputs="softmax"), "Invalid value for `outputs`"),
+    (_tiny, dict(class_names=("a", "b")), "outputs 3 classes but 2 names"),
+    (_tiny, dict(class_names=("a", "b", "a")), "must be unique"),
+    (_tiny, dict(class_names=("a", "b\nc", "d")), "single-line strings"),
+    (_tiny, dict(class_names=("a", "", "d")), "single-line strings"),
+    (_tiny, dict(class_names="abc"), "single-line strings"),
+    (_tiny, dict(image_size=(0, 32)), "positive integers"),
+    (_tiny, dict(image_size=(64, 64)), "the model takes \\(32, 32\\) images"),
+    (_free_size_model, dict(), "pass image_size=\\(height, width\\)"),
+    (_grayscale_model, dict(), "takes RGB images"),
+])
+def test_validation_errors(tmp_path, make_model, kwargs, match):
+    kwargs = {"class_names": TINY_CLASSES, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        export_saved_model(make_model(), tmp_path / "m", **kwargs)
+    assert os.listdir(tmp_path) == []
+
+
+def test_free_size_model_exports_with_image_size(images, tmp_path):
+    model = _free_size_model()
+    path = export_saved_model(model, tmp_path / "m", TINY_CLASSES, image_size=(16, 16))
+    served = load_serving(path)[0](images)["probabilities"]
+    np.testing.assert_allclose(served, _keras_probabilities(model, images, (16, 16)),
+                               atol=1e-5)

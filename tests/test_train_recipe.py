@@ -1,0 +1,208 @@
+"""End-to-end tests of recipes/train.py on the embedded CIFAR-10 images."""
+
+import csv
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+from absl import app
+from absl import flags
+from absl.testing import flagsaver
+
+from kerastrain import data as kt_data
+from kerastrain import plots
+from kerastrain.ensemble import Ensemble
+from kerastrain.export import load_serving
+from recipes import common
+from recipes import train
+
+FLAGS = flags.FLAGS
+CLASSES = ["airplane", "frog", "truck"]
+TINY = dict(classes=CLASSES, labels_per_class=40, batch_size=32, epochs=4, width=8,
+            blocks=2, learning_rate=3e-3, verbose=0)
+STEPS_PER_EPOCH = 4  # ceil(3 classes * 40 images / 32)
+CONTRACT_KEYS = {"test_accuracy", "test_loss", "epochs", "train_seconds",
+                 "validation_accuracy", "swa_test_accuracy", "final_test_accuracy",
+                 "ensemble_test_accuracy", "last_snapshot_test_accuracy",
+                 "snapshot_test_accuracies", "model_test_accuracy"}
+
+
+@pytest.fixture(scope="module")
+def averaged_run(tmp_path_factory):
+    """One run with every averaging flag: SWA, a 2-snapshot ensemble, EMA."""
+    root = tmp_path_factory.mktemp("train")
+    config = dict(TINY, schedule="warm_restarts", snapshots=2, swa_start=2, ema=True,
+                  ema_momentum=0.9, output_dir=str(root / "run"),
+                  export_dir=str(root / "export"),
+                  save_backbone=str(root / "backbone.keras"))
+    return config, train.run(config)
+
+
+@pytest.fixture(scope="module")
+def test_split():
+    data = kt_data.load("cifar10_mini", classes=CLASSES, validation_fraction=0.1)
+    return tuple(np.concatenate(a) for a in zip(*data.test.as_numpy_iterator()))
+
+
+def _read(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def test_run_directory_follows_output_contract(averaged_run):
+    config, _ = averaged_run
+    run_dir = config["output_dir"]
+    names = set(os.listdir(run_dir))
+    assert {"config.json", "history.csv", "metrics.json", "training_curves.png",
+            "learning_rate.png", "snapshots"} <= names
+    # Resume state is gone once the run completes.
+    assert not {"backup", "swa_state.npz"} & names
+    assert not [n for n in names if n.startswith(".tmp")]
+    for png in ("training_curves.png", "learning_rate.png"):
+        with open(os.path.join(run_dir, png), "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    # config.json holds every flag, defaults included.
+    saved = _read(os.path.join(run_dir, "config.json"))
+    assert saved == common.complete_config(config, "recipes.train")
+    assert saved["optimizer"] == "adam" and saved["data"] == "cifar10_mini"
+
+
+def test_history_logs_every_epoch_and_the_restarts(averaged_run):
+    config, _ = averaged_run
+    with open(os.path.join(config["output_dir"], "history.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
+    assert {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"} <= set(rows[0])
+    rates = [float(r["learning_rate"]) for r in rows]
+    # Two cosine cycles of two epochs: the rate restarts at epoch 2.
+    assert rates[0] == pytest.approx(3e-3) and rates[2] == pytest.approx(3e-3)
+    assert rates[1] < rates[0] and rates[3] < rates[2]
+
+
+def test_metrics_hold_every_averaging_variant(averaged_run):
+    config, metrics = averaged_run
+    assert _read(os.path.join(config["output_dir"], "metrics.json")) == metrics
+    assert set(metrics) == CONTRACT_KEYS
+    assert metrics["epochs"] == 4 and metrics["train_seconds"] > 0
+    assert len(metrics["snapshot_test_accuracies"]) == 2
+    assert metrics["last_snapshot_test_accuracy"] == metrics["snapshot_test_accuracies"][-1]
+    # The exported model is the ensemble; the trained model is the SWA average.
+    assert metrics["test_accuracy"] == pytest.approx(metrics["ensemble_test_accuracy"])
+    assert metrics["swa_test_accuracy"] == metrics["model_test_accuracy"]
+    for key in ("ensemble_test_accuracy", "swa_test_accuracy",
+                "last_snapshot_test_accuracy"):
+        assert metrics[key] > 0.45, (key, metrics)  # chance is 1/3
+    assert 0 < metrics["test_loss"] < np.log(3) + 0.2
+
+
+def test_snapshots_are_taken_at_the_cycle_ends(averaged_run):
+    config, _ = averaged_run
+    manifest = _read(os.path.join(config["output_dir"], "snapshots", "manifest.json"))
+    entries = manifest["snapshots"]
+    assert [e["epoch"] for e in entries] == [1, 3]
+    assert [e["step"] for e in entries] == [2 * STEPS_PER_EPOCH - 1, 4 * STEPS_PER_EPOCH - 1]
+
+
+def test_export_serves_the_snapshot_ensemble(averaged_run, test_split):
+    config, metrics = averaged_run
+    serve, class_names = load_serving(config["export_dir"])
+    assert class_names == CLASSES
+    x, y = test_split
+    served = serve(x)["probabilities"]
+    # The SavedModel reproduces the recipe's test accuracy ...
+    assert np.mean(served.argmax(-1) == y) == pytest.approx(metrics["test_accuracy"])
+    # ... and is the mean of the snapshots' probabilities.
+    members = Ensemble.from_directory(os.path.join(config["output_dir"], "snapshots"))
+    member_probs = [keras.ops.softmax(m(x[:64], training=False)) for m in members.members]
+    np.testing.assert_allclose(served[:64], np.mean(member_probs, axis=0), atol=1e-5)
+    larger = serve(np.repeat(np.repeat(x[:8], 2, axis=1), 2, axis=2))  # 64x64 images
+    assert larger["probabilities"].shape == (8, 3)
+
+
+def test_saved_backbone_is_the_feature_extractor(averaged_run, test_split):
+    config, _ = averaged_run
+    backbone = keras.saving.load_model(config["save_backbone"])
+    assert backbone.output_shape == (None, 16)  # width 8, doubled by the 2nd block
+    assert "classifier" not in [layer.name for layer in backbone.layers]
+
+
+def test_ema_is_keras_use_ema_swapped_in_after_the_backup(tmp_path):
+    config = common.complete_config(dict(TINY, ema=True, ema_momentum=0.95),
+                                    "recipes.train")
+    optimizer = common.optimizer(config, 1e-3)
+    assert optimizer.use_ema and optimizer.ema_momentum == 0.95
+    callbacks, swa, snapshot_dir = common.training_callbacks(
+        config, None, 1e-3, STEPS_PER_EPOCH, 4, str(tmp_path))
+    assert swa is None and snapshot_dir is None
+    kinds = [type(c).__name__ for c in callbacks]
+    # The backup must hold the raw weights, not the EMA swapped in at epoch end.
+    assert kinds.index("BackupAndRestore") < kinds.index("SwapEMAWeights")
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (dict(snapshots=2), "needs a schedule with cycles: pass --schedule=warm_restarts"),
+    (dict(snapshots=1, schedule="warm_restarts"), "at least 2 snapshots"),
+    (dict(swa_start=4), "0 <= swa_start < epochs=4"),
+    (dict(swa_lr=0.01), "pass --swa_start too"),
+    (dict(tpu="local"), "--tpu names the TPU of --strategy=tpu"),
+    (dict(strategy="tpu"), "No TPU found"),
+    (dict(bogus=1), r"Unknown settings \['bogus'\]"),
+    (dict(regularizer="l3"), "Invalid value for --regularizer"),
+])
+def test_bad_settings_exit_before_any_work(tmp_path, overrides, match):
+    config = dict(TINY, output_dir=str(tmp_path / "run"), **overrides)
+    with pytest.raises(SystemExit, match=match):
+        common.run_or_explain(train.run, config)
+    assert not os.path.exists(tmp_path / "run")
+
+
+def test_resuming_with_other_flags_is_refused(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "backup").mkdir(parents=True)  # left by an interrupted run
+    common.write_json(str(run_dir / "config.json"), common.complete_config(
+        dict(TINY, output_dir=str(run_dir)), "recipes.train"))
+    with pytest.raises(SystemExit, match=r"interrupted run with other flags \(\['epochs'\]\)"):
+        common.run_or_explain(train.run, dict(TINY, epochs=6, output_dir=str(run_dir)))
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (dict(optimizer="adamx"), "adamx"),
+    (dict(snapshots=4, schedule="warm_restarts", schedule_args='{"t_mul": 2.0}'),
+     "completes only 2 cycles"),
+    (dict(schedule_args="{oops"), "Invalid value for --schedule_args"),
+])
+def test_bad_settings_found_while_building_exit_clearly(tmp_path, overrides, match):
+    config = dict(TINY, output_dir=str(tmp_path / "run"), **overrides)
+    with pytest.raises(SystemExit, match=match):
+        common.run_or_explain(train.run, config)
+
+
+@flagsaver.flagsaver
+def test_command_line_flags_become_the_config(tmp_path):
+    FLAGS(["train", "--snapshots=3", "--schedule=cyclical", "--classes=frog,truck",
+           f"--output_dir={tmp_path}"])
+    config = common.flag_config("recipes.train")
+    assert set(config) == set(common.default_config("recipes.train"))
+    assert config["snapshots"] == 3 and config["classes"] == ["frog", "truck"]
+    assert {"data", "seed", "epochs", "width", "ema", "export_dir"} <= set(config)
+
+
+@flagsaver.flagsaver
+def test_bad_command_lines_fail_with_the_reason(tmp_path):
+    with pytest.raises(flags.IllegalFlagValueError, match="schedule"):
+        FLAGS(["train", "--schedule=cosine_annealing"])
+    FLAGS(["train", "--snapshots=3", f"--output_dir={tmp_path / 'run'}"])
+    with pytest.raises(SystemExit, match="--snapshots=3 needs a schedule with cycles"):
+        train.main(["train"])
+    with pytest.raises(app.UsageError, match="Unexpected arguments"):
+        train.main(["train", "epochs=3"])
+
+
+def test_training_curves_rejects_empty_history(tmp_path):
+    with pytest.raises(ValueError, match="per-epoch lists"):
+        plots.training_curves({}, str(tmp_path / "curves.png"))
+    path = plots.training_curves({"loss": [2.0, 1.0], "val_loss": [2.1, 1.5]},
+                                 str(tmp_path / "curves.png"))
+    assert os.path.getsize(path) > 0
