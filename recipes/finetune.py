@@ -1,0 +1,270 @@
+"""Transfer a pretrained backbone to a new image dataset: CNN codes or fine-tuning.
+
+Takes any `keras.applications` backbone (`--backbone=MobileNetV3Small`,
+`EfficientNetB0`, `ResNet50`, ...) with ImageNet weights, or a feature
+extractor this toolkit trained (`python -m recipes.train --save_backbone=...`,
+then `--weights=PATH.keras`), and fits it to the data spec:
+
+- `--mode=features`: CNN codes. The frozen backbone encodes every image once
+  and a linear softmax classifier (`kerastrain.transfer.LinearProbe`) is
+  fitted on the codes; seconds, and strong when the data is scarce.
+- `--mode=finetune`: phase 1 trains a new head on the frozen backbone for
+  `--epochs_head` epochs at `--learning_rate`; phase 2 unfreezes the top
+  `--unfreeze` blocks (BatchNorm stays frozen, in inference mode) and trains
+  `--epochs_finetune` epochs at `--learning_rate * --finetune_lr_factor`
+  under `--schedule`, optionally unfreezing gradually (`--gradual`), with
+  lower rates lower down (`--block_lr_decay`), weight averaging
+  (`--swa_start`, `--ema`) or a snapshot ensemble (`--snapshots`), all in
+  phase 2.
+
+Writes the run directory of the recipe contract (`config.json`,
+`history.csv`, `metrics.json`, `training_curves.png`, `learning_rate.png`,
+`confusion_matrix.png`) and, with `--export_dir`, a SavedModel that serves
+raw uint8 images of any size.
+
+    python -m recipes.train --classes=airplane,automobile,bird,cat,deer \\
+        --save_backbone=runs/source/backbone.keras
+    python -m recipes.finetune --weights=runs/source/backbone.keras \\
+        --classes=dog,frog,horse,ship,truck --labels_per_class=50 \\
+        --mode=finetune --epochs_head=5 --epochs_finetune=10 --unfreeze=2 \\
+        --export_dir=saved_models/target
+    python -m recipes.finetune --data=folder:~/photos --backbone=EfficientNetB0 \\
+        --weights=imagenet --image_size=224 --mode=features
+
+`metrics.json` holds `test_accuracy`, `test_loss` (mean cross-entropy),
+`validation_accuracy`, `epochs` and `train_seconds`, plus the averaging
+metrics of `recipes.train` with `--swa_start` or `--snapshots`, and
+`head_validation_accuracy` (after phase 1). Other code calls `run(config)`
+with a dict of flag values; missing ones take their defaults.
+"""
+
+import csv
+import os
+import time
+
+import keras
+import numpy as np
+from absl import app
+from absl import flags
+from absl import logging
+
+import kerastrain as kt
+from kerastrain import callbacks as kt_callbacks
+from recipes import common
+
+FLAGS = flags.FLAGS
+common.define_data_flags()
+common.define_training_flags()
+flags.adopt_module_key_flags(common)  # --help lists the shared flags too
+flags.DEFINE_string("backbone", "MobileNetV3Small",
+                    "keras.applications model name (any case); ignored when "
+                    "--weights is a .keras file, which holds its architecture.")
+flags.DEFINE_string("weights", "imagenet",
+                    "imagenet (Keras' download, needs network once), none "
+                    "(random init), or a .keras / .weights.h5 / .h5 file path.")
+flags.DEFINE_enum("mode", "finetune", ["features", "finetune"],
+                  "features: linear classifier on frozen CNN codes; finetune: "
+                  "new head, then the top blocks (two phases).")
+flags.DEFINE_integer("epochs_head", 5, "Phase 1 epochs: the head on the frozen "
+                     "backbone (0 skips it).")
+flags.DEFINE_integer("epochs_finetune", 5, "Phase 2 epochs: with the top "
+                     "--unfreeze blocks trainable (0 trains the head only).")
+flags.DEFINE_integer("unfreeze", 1, "Backbone blocks (or layers, see "
+                     "--unfreeze_unit) unfrozen in phase 2, counted from the top.")
+flags.DEFINE_enum("unfreeze_unit", "blocks", ["blocks", "layers"],
+                  "What --unfreeze counts.")
+flags.DEFINE_bool("gradual", False, "Phase 2 unfreezes one more block per epoch "
+                  "until --unfreeze blocks train.")
+flags.DEFINE_float("finetune_lr_factor", 0.1, "Phase 2 (peak) learning rate = "
+                   "--learning_rate times this.")
+flags.DEFINE_float("block_lr_decay", None, "Discriminative rates in phase 2: "
+                   "each block down from the top trains at this factor of the "
+                   "one above (e.g. 0.5).")
+flags.DEFINE_integer("probe_epochs", 100, "--mode=features: epochs of the "
+                     "linear classifier (Adam, 1e-2, full batches).")
+flags.DEFINE_float("probe_l2", 1e-4, "--mode=features: L2 penalty of the "
+                   "linear classifier.")
+
+
+def run(config):
+    """Transfers a backbone as `config` says; returns the metrics.
+
+    Args:
+        config: dict of flag values of this recipe (see `--help`); missing
+            ones take their defaults.
+
+    Returns:
+        The metrics dict written to `metrics.json`.
+    """
+    config = common.complete_config(config, __name__)
+    _check_config(config)
+    strategy = common.strategy(config)
+    output_dir = common.prepare_output_dir(config)
+    keras.utils.set_random_seed(config["seed"])
+    data = common.load_data(config)
+    weights, name = config["weights"], config["backbone"]
+    if str(weights).endswith(".keras"):
+        name = None  # the file holds the architecture
+    with strategy.scope():
+        backbone = kt.transfer.backbone(name, data.image_shape, weights)
+    run_mode = _features if config["mode"] == "features" else _finetune
+    final_model, metrics, history, schedule, steps = run_mode(
+        config, data, backbone, strategy, output_dir)
+    common.write_outputs(output_dir, history, schedule, steps, metrics)
+    _confusion_matrix(final_model, data, os.path.join(output_dir, "confusion_matrix.png"))
+    common.export_model(final_model, config, data.class_names)
+    return metrics
+
+
+def _check_config(config):
+    common.check_config(config, max(config["epochs_finetune"], 1))
+    for key in ("epochs_head", "epochs_finetune", "unfreeze", "probe_epochs"):
+        if config[key] < 0:
+            raise ValueError(f"Invalid value for --{key}: expected an int >= 0, "
+                             f"received {config[key]}")
+    if config["mode"] == "features":
+        phase_two = [f"--{key}" for key in ("swa_start", "snapshots", "ema",
+                                            "block_lr_decay", "gradual") if config[key]]
+        if phase_two:
+            raise ValueError(f"{', '.join(phase_two)} apply to --mode=finetune; "
+                             "--mode=features fits a linear classifier only")
+        return
+    if config["epochs_head"] + config["epochs_finetune"] == 0:
+        raise ValueError("Nothing to train: pass --epochs_head or --epochs_finetune > 0")
+    averaging = [f"--{key}" for key in ("swa_start", "snapshots", "ema")
+                 if config[key] not in (None, 0, False)]
+    if averaging and not config["epochs_finetune"]:
+        raise ValueError(f"{', '.join(averaging)} apply to phase 2; pass "
+                         "--epochs_finetune > 0")
+    clashes = [f"--{key}" for key in ("swa_lr", "snapshots", "ema", "gradual")
+               if config[key] not in (None, 0, False)]
+    if config["block_lr_decay"] is not None and clashes:
+        raise ValueError(f"{', '.join(clashes)} cannot be combined with "
+                         "--block_lr_decay: Keras' MultiOptimizer has no single "
+                         "learning rate, no moving average and needs every "
+                         "variable trainable at every step")
+
+
+def _features(config, data, backbone, strategy, output_dir):
+    del strategy  # a linear classifier on codes trains in seconds
+    start = time.time()
+    verbose = 1 if config["verbose"] == 1 else 0
+    codes = {split: kt.transfer.extract_features(backbone, getattr(data, split), verbose)
+             for split in ("train", "validation", "test")
+             if getattr(data, split) is not None}
+    probe = kt.transfer.LinearProbe(
+        data.num_classes, l2=config["probe_l2"], epochs=config["probe_epochs"],
+        seed=config["seed"]).fit(*codes["train"], validation=codes.get("validation"))
+    train_seconds = time.time() - start
+    test = probe.evaluate(*codes["test"])
+    metrics = {"test_accuracy": test["accuracy"], "test_loss": test["loss"],
+               "epochs": config["probe_epochs"], "train_seconds": round(train_seconds, 1)}
+    if "validation" in codes:
+        metrics["validation_accuracy"] = probe.evaluate(*codes["validation"])["accuracy"]
+    history = probe.history
+    _write_history(os.path.join(output_dir, "history.csv"), history.history)
+    steps = config["probe_epochs"] * -(-data.num_train // probe.batch_size)
+    return probe.to_model(backbone), metrics, history, probe.learning_rate, steps
+
+
+def _finetune(config, data, backbone, strategy, output_dir):
+    steps_per_epoch = -(-data.num_train // config["batch_size"])
+    epochs = config["epochs_finetune"]
+    schedule = kt.schedules.get(common.schedule_config(
+        config, steps_per_epoch, max(epochs, 1),
+        learning_rate=config["learning_rate"] * config["finetune_lr_factor"]))
+    with strategy.scope():
+        model = kt.transfer.build_classifier(backbone, data.num_classes,
+                                             dropout=config["dropout"], seed=config["seed"])
+        regularizer = common.regularizer(config)
+        if regularizer is not None:
+            model = kt.regularizers.apply(model, regularizer)
+    history_path = os.path.join(output_dir, "history.csv")
+    if os.path.exists(history_path):
+        os.remove(history_path)
+    both = [keras.callbacks.TerminateOnNaN(),
+            keras.callbacks.CSVLogger(history_path, append=True)]
+    if config["block_lr_decay"] is None:  # MultiOptimizer has no single rate
+        both.insert(0, kt_callbacks.LearningRateLogger())
+    swa, snapshot_dir, phase_two = _averaging_callbacks(config, data, schedule,
+                                                        steps_per_epoch, output_dir)
+    optimizer = {"name": config["optimizer"]}
+    if config["weight_decay"] is not None:
+        optimizer["weight_decay"] = config["weight_decay"]
+    start = time.time()
+    head, tuned = kt.transfer.fine_tune(
+        model, data, head_epochs=config["epochs_head"], finetune_epochs=epochs,
+        unfreeze_top=config["unfreeze"], unit=config["unfreeze_unit"],
+        gradual=config["gradual"], head_lr=config["learning_rate"],
+        finetune_lr=schedule, block_lr_decay=config["block_lr_decay"],
+        optimizer=optimizer, ema_momentum=config["ema_momentum"] if config["ema"] else None,
+        augmentation=kt.augment.Augmentation.from_policy(config["augment"],
+                                                         seed=config["seed"]),
+        callbacks=both, finetune_callbacks=phase_two, verbose=config["verbose"])
+    train_seconds = time.time() - start
+    history = _merge(head, tuned)
+    common.check_finite(history)
+    final_model, metrics = common.evaluate(model, data, swa, snapshot_dir)
+    if head is not None and "val_accuracy" in head.history:
+        metrics["head_validation_accuracy"] = head.history["val_accuracy"][-1]
+    metrics.update(epochs=config["epochs_head"] + epochs,
+                   train_seconds=round(train_seconds, 1))
+    return final_model, metrics, history, schedule, max(epochs, 1) * steps_per_epoch
+
+
+def _averaging_callbacks(config, data, schedule, steps_per_epoch, output_dir):
+    """SWA and snapshot callbacks of phase 2 (epochs count on from phase 1)."""
+    callbacks, swa, snapshot_dir = [], None, None
+    if config["swa_start"] is not None:
+        swa = kt_callbacks.StochasticWeightAveraging(
+            start_epoch=config["epochs_head"] + config["swa_start"],
+            swa_learning_rate=config["swa_lr"], bn_update_data=data.train)
+        callbacks.append(swa)
+    if config["snapshots"]:
+        ends = common.snapshot_steps(schedule, config["epochs_finetune"] * steps_per_epoch)
+        if len(ends) < config["snapshots"]:
+            raise ValueError(f"--snapshots={config['snapshots']} but the schedule "
+                             f"completes only {len(ends)} cycles in "
+                             f"--epochs_finetune={config['epochs_finetune']}")
+        snapshot_dir = os.path.join(output_dir, "snapshots")
+        callbacks.append(kt_callbacks.SnapshotEnsemble(
+            snapshot_dir, cycle_end_steps=ends, keep=config["snapshots"]))
+    return swa, snapshot_dir, callbacks
+
+
+def _merge(*histories):
+    """One `History` of the phases, epoch after epoch."""
+    merged = keras.callbacks.History()
+    for history in filter(None, histories):
+        for key, values in history.history.items():
+            merged.history.setdefault(key, []).extend(values)
+    return merged
+
+
+def _write_history(path, history):
+    keys = sorted(history)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["epoch"] + keys)
+        for epoch in range(len(history[keys[0]])):
+            writer.writerow([epoch] + [history[key][epoch] for key in keys])
+
+
+def _confusion_matrix(model, data, path):
+    predictions = np.argmax(model.predict(data.test.map(lambda x, y: x), verbose=0), -1)
+    labels = np.concatenate([y for _, y in data.test.as_numpy_iterator()])
+    return kt.plots.confusion_matrix(labels, predictions, data.class_names, path)
+
+
+def main(argv):
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # TensorFlow's INFO lines are noise here
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments {argv[1:]}; flags take the "
+                             "form --name=value.")
+    metrics = common.run_or_explain(run, common.flag_config(__name__))
+    common.print_metrics(metrics)
+
+
+if __name__ == "__main__":
+    app.run(main)

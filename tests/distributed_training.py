@@ -1,0 +1,57 @@
+"""One short training run under a `tf.distribute` strategy, for test_distribute.
+
+    python tests/distributed_training.py STRATEGY OUTPUT.npz [--batch_norm]
+
+Trains a tiny `small_cnn` on two classes of `cifar10_mini` (128 images in
+a fixed order) for three epochs with `StochasticWeightAveraging` from
+epoch 1 and writes the final
+(averaged) weights, the weights before averaging, the averaged epochs and
+the loss history to OUTPUT.npz. `mirrored` replicates over two logical CPU
+devices; `multi_worker` reads the cluster from `TF_CONFIG`. Each strategy
+needs a fresh process: devices and collectives are fixed when TensorFlow
+starts.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+
+def main(name, output, batch_norm):
+    devices = None
+    if name == "mirrored":
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        devices = ["/cpu:0", "/cpu:1"]
+    import keras  # noqa: PLC0415 (after the device setup)
+
+    import kerastrain as kt  # noqa: PLC0415
+
+    strategy = kt.distribute.get_strategy(name, devices=devices)
+    keras.utils.set_random_seed(0)
+    data = kt.data.load("cifar10_mini", classes=["airplane", "frog"],
+                        labels_per_class=64, validation_fraction=0)
+    # One fixed order, so that every strategy sees the same batches.
+    images, labels = (np.concatenate(a) for a in zip(*data.train.as_numpy_iterator()))
+    train = tf.data.Dataset.from_tensor_slices((images, labels)).batch(32)
+    with strategy.scope():
+        model = kt.models.small_cnn(2, width=8, blocks=1, batch_norm=batch_norm)
+        model.compile(keras.optimizers.SGD(0.05, momentum=0.9),
+                      keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    swa = kt.callbacks.StochasticWeightAveraging(start_epoch=1, bn_update_data=train)
+    history = model.fit(train, epochs=3, callbacks=[swa], shuffle=False,
+                        verbose=0)
+    np.savez(output, replicas=strategy.num_replicas_in_sync,
+             loss=np.asarray(history.history["loss"]),
+             averaged_epochs=np.asarray(swa.averaged_epochs),
+             **{f"weight_{i}": w for i, w in enumerate(model.get_weights())},
+             **{f"final_{i}": w for i, w in enumerate(swa.final_weights)})
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], "--batch_norm" in sys.argv[3:])

@@ -1,0 +1,152 @@
+"""tf.distribute on CPU: MirroredStrategy over two logical devices and a
+two-worker MultiWorkerMirroredStrategy cluster on 127.0.0.1, with SWA.
+
+Each run is a fresh process (tests/distributed_training.py): logical devices
+and collective ops are fixed when TensorFlow starts.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kerastrain import distribute
+
+SCRIPT = os.path.join(os.path.dirname(__file__), "distributed_training.py")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _env(**extra):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "",
+           "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
+    env.pop("TF_CONFIG", None)
+    env.update(extra)
+    return env
+
+
+def _train(tmp_path, name, batch_norm=False):
+    output = tmp_path / f"{name}_{int(batch_norm)}.npz"
+    args = [sys.executable, SCRIPT, name, str(output)] + (["--batch_norm"] if batch_norm else [])
+    result = subprocess.run(args, env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return dict(np.load(output))
+
+
+def _weights(run, prefix="weight"):
+    return [run[f"{prefix}_{i}"] for i in range(sum(k.startswith(prefix + "_") for k in run))]
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _assert_swa_applied(run):
+    """SWA averaged epochs 1 and 2 and left the average in the model."""
+    np.testing.assert_array_equal(run["averaged_epochs"], [1, 2])
+    changed = [not np.allclose(w, f) for w, f in zip(_weights(run), _weights(run, "final"))]
+    assert any(changed), "the averaged weights equal the last epoch's weights"
+
+
+@pytest.mark.timeout(300)
+def test_mirrored_over_two_cpus_matches_one_device(tmp_path):
+    single = _train(tmp_path, "default")
+    mirrored = _train(tmp_path, "mirrored")
+    assert int(single["replicas"]) == 1 and int(mirrored["replicas"]) == 2
+    # Without BatchNorm the mean gradient over the global batch is the same
+    # whether one device or two replicas compute it.
+    assert mirrored["loss"][-1] < mirrored["loss"][0]
+    np.testing.assert_allclose(mirrored["loss"], single["loss"], rtol=1e-4)
+    for a, b in zip(_weights(mirrored), _weights(single)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    _assert_swa_applied(mirrored)
+
+
+@pytest.mark.timeout(300)
+def test_mirrored_swa_with_batch_norm(tmp_path):
+    run = _train(tmp_path, "mirrored", batch_norm=True)
+    assert int(run["replicas"]) == 2
+    _assert_swa_applied(run)
+    assert all(np.all(np.isfinite(w)) for w in _weights(run))
+
+
+@pytest.mark.timeout(300)
+def test_multi_worker_cluster_agrees_on_final_weights(tmp_path):
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    workers, outputs = [], []
+    for index in range(2):
+        outputs.append(tmp_path / f"worker_{index}.npz")
+        config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        workers.append(subprocess.Popen(
+            [sys.executable, SCRIPT, "multi_worker", str(outputs[-1]), "--batch_norm"],
+            env=_env(TF_CONFIG=config), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True))
+    try:
+        logs = [worker.communicate(timeout=240) for worker in workers]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+    for worker, (_, stderr) in zip(workers, logs):
+        assert worker.returncode == 0, stderr[-3000:]
+    runs = [dict(np.load(output)) for output in outputs]
+    assert [int(run["replicas"]) for run in runs] == [2, 2]
+    for run in runs:
+        _assert_swa_applied(run)
+        assert run["loss"][-1] < run["loss"][0]
+    for a, b in zip(_weights(runs[0]), _weights(runs[1])):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_default_is_tensorflows_default_strategy():
+    assert distribute.get_strategy() is tf.distribute.get_strategy()
+
+
+def test_mirrored_replicates_over_the_given_devices():
+    strategy = distribute.get_strategy("mirrored", devices=["/cpu:0"])
+    assert isinstance(strategy, tf.distribute.MirroredStrategy)
+    assert strategy.num_replicas_in_sync == 1
+
+
+def test_missing_tpu_gives_a_clear_error():
+    with pytest.raises(RuntimeError, match="No TPU found .* pass tpu='local'"):
+        distribute.get_strategy("tpu")
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(name="gpu"), "expected one of \\('default', 'mirrored'"),
+    (dict(name="default", devices=["/cpu:0"]), "'mirrored' strategy only"),
+    (dict(name="mirrored", tpu="local"), "'tpu' strategy only"),
+])
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        distribute.get_strategy(**kwargs)
+
+
+@pytest.mark.parametrize("tf_config, chief", [
+    (None, True),
+    ({"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 0}}, True),
+    ({"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 1}}, False),
+    ({"cluster": {"chief": ["c:1"], "worker": ["a:1"]},
+      "task": {"type": "worker", "index": 0}}, False),
+    ({"cluster": {"chief": ["c:1"], "worker": ["a:1"]},
+      "task": {"type": "chief", "index": 0}}, True),
+])
+def test_is_chief(monkeypatch, tf_config, chief):
+    if tf_config is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
+    assert distribute.is_chief() is chief
