@@ -7,8 +7,8 @@
 
 Every technique lives in its own module, re-exported here: `augment`,
 `callbacks`, `data`, `distribute`, `ensemble`, `export`, `layers`,
-`lr_finder`, `models`, `optimizers`, `plots`, `regularizers`, `schedules`,
-`toy_problems`, `transfer`.
+`lr_finder`, `models`, `optimizers`, `plots`, `regularizers`, `sanity`,
+`schedules`, `search`, `toy_problems`, `transfer`.
 """
 
 from kerastrain import augment
@@ -23,7 +23,9 @@ from kerastrain import models
 from kerastrain import optimizers
 from kerastrain import plots
 from kerastrain import regularizers
+from kerastrain import sanity
 from kerastrain import schedules
+from kerastrain import search
 from kerastrain import toy_problems
 from kerastrain import transfer
 
