@@ -296,7 +296,7 @@ def _cycle(dataset):
             if passes == 0:
                 raise ValueError("`dataset` yielded no batches.")
             raise ValueError(
-                f"`dataset` was exhausted after one pass and cannot be iterated "
+                "`dataset` was exhausted after one pass and cannot be iterated "
                 "again; pass a `tf.data.Dataset` (or another re-iterable).")
         passes += 1
 

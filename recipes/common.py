@@ -16,7 +16,9 @@ import os
 
 import keras
 import numpy as np
+from absl import app
 from absl import flags
+from absl import logging
 
 import kerastrain as kt
 from kerastrain import callbacks as kt_callbacks
@@ -265,14 +267,7 @@ def schedule_config(config, steps_per_epoch, epochs, learning_rate=None):
                           "first_cycle_epochs": cycle_steps / steps_per_epoch},
         "one_cycle": {"max_lr": lr, "total_epochs": epochs},
     }[config["schedule"]]
-    try:
-        overrides = json.loads(config.get("schedule_args") or "{}")
-    except json.JSONDecodeError as error:
-        raise ValueError(f"Invalid value for --schedule_args: expected a JSON dict, "
-                         f"received {config['schedule_args']!r} ({error})") from None
-    if not isinstance(overrides, dict):
-        raise ValueError("Invalid value for --schedule_args: expected a JSON dict, "
-                         f"received {config['schedule_args']!r}")
+    overrides = json_dict_flag(config, "schedule_args")
     for key in overrides:
         for epoch_form, step_form in _SAME_QUANTITY.items():
             if key in (epoch_form, step_form):
@@ -494,6 +489,32 @@ def run_or_explain(run, config):
         return run(config)
     except (ValueError, OSError, RuntimeError) as error:
         raise SystemExit(f"error: {error}") from None
+
+
+def json_dict_flag(config, name):
+    """Parses the JSON dict of flag `--name` (empty: `{}`), or says what is wrong."""
+    text = config.get(name) or "{}"
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        value = error
+    if not isinstance(value, dict):
+        detail = f" ({value})" if isinstance(value, json.JSONDecodeError) else ""
+        raise ValueError(f"Invalid value for --{name}: expected a JSON dict, "
+                         f"received {text!r}{detail}")
+    return value
+
+
+def recipe_main(run, module):
+    """The absl `main` of a recipe: flags -> `run(config)` -> printed metrics."""
+    def main(argv):
+        if not FLAGS["verbosity"].present:
+            logging.set_verbosity(logging.WARNING)  # TensorFlow's INFO lines are noise here
+        if len(argv) > 1:
+            raise app.UsageError(f"Unexpected arguments {argv[1:]}; flags take the "
+                                 "form --name=value.")
+        print_metrics(run_or_explain(run, flag_config(module)))
+    return main
 
 
 def print_metrics(metrics):

@@ -30,7 +30,6 @@ problem and optimizer) and `config.json`. It takes about 10 seconds on a CPU.
         --learning_rates='{"adam": 0.1, "saddle": {"sgd": 0.05}}'
 """
 
-import json
 import math
 import os
 
@@ -70,14 +69,7 @@ LEARNING_RATES = {
 
 def learning_rates(config):
     """The learning rate of every (problem, optimizer) pair of a config."""
-    try:
-        overrides = json.loads(config.get("learning_rates") or "{}")
-    except json.JSONDecodeError as error:
-        raise ValueError(f"Invalid value for --learning_rates: not JSON ({error}), "
-                         f"received {config['learning_rates']!r}") from None
-    if not isinstance(overrides, dict):
-        raise ValueError("Invalid value for --learning_rates: expected a JSON dict, "
-                         f"received {config['learning_rates']!r}")
+    overrides = common.json_dict_flag(config, "learning_rates")
     rates = {}
     for problem in config["problems"]:
         per_problem = overrides.get(problem, {})

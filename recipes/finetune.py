@@ -46,7 +46,6 @@ import keras
 import numpy as np
 from absl import app
 from absl import flags
-from absl import logging
 
 import kerastrain as kt
 from kerastrain import callbacks as kt_callbacks
@@ -256,14 +255,7 @@ def _confusion_matrix(model, data, path):
     return kt.plots.confusion_matrix(labels, predictions, data.class_names, path)
 
 
-def main(argv):
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # TensorFlow's INFO lines are noise here
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments {argv[1:]}; flags take the "
-                             "form --name=value.")
-    metrics = common.run_or_explain(run, common.flag_config(__name__))
-    common.print_metrics(metrics)
+main = common.recipe_main(run, __name__)
 
 
 if __name__ == "__main__":

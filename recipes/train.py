@@ -30,7 +30,6 @@ import time
 import keras
 from absl import app
 from absl import flags
-from absl import logging
 
 import kerastrain as kt
 from recipes import common
@@ -94,14 +93,7 @@ def run(config):
     return metrics
 
 
-def main(argv):
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # TensorFlow's INFO lines are noise here
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments {argv[1:]}; flags take the "
-                             "form --name=value.")
-    metrics = common.run_or_explain(run, common.flag_config(__name__))
-    common.print_metrics(metrics)
+main = common.recipe_main(run, __name__)
 
 
 if __name__ == "__main__":

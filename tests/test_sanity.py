@@ -301,6 +301,7 @@ def test_activations_collapse_with_tiny_init_not_with_scaled_init(
     # tanh with Glorot init still shrinks slowly with depth (~0.33 here).
     low = 0.25 if activation == "tanh" else 0.5
     assert low < good.figures["std_ratio_last_first"] < 2
+    assert min(good_stds) > 0.1  # no layer collapses
     path = plots.activation_histograms(good.figures["layers"],
                                        str(tmp_path / "activations.png"))
     with Image.open(path) as image:

@@ -2,7 +2,6 @@
 classes (airplane, automobile, bird, cat, deer) transferred to the other five
 (dog, frog, horse, ship, truck) with 50 labels per class."""
 
-import os
 
 import keras
 import numpy as np
