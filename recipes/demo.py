@@ -32,6 +32,7 @@ from absl import flags
 from absl import logging
 
 import kerastrain as kt
+from recipes import common
 from recipes import finetune
 from recipes import train
 
@@ -67,6 +68,7 @@ def run(directory, export_dir, seed=0, epochs_scale=1.0):
     source = dict(NETWORK, classes=SOURCE, epochs=scale(20), seed=seed,
                   output_dir=os.path.join(directory, "source"), save_backbone=backbone)
     start = time.time()
+    print("source (pretraining) ...", flush=True)
     results["source (pretraining)"] = train.run(source)
     commands["source (pretraining)"] = _command(train, source)
     for name, recipe, settings in RUNS:
@@ -79,6 +81,7 @@ def run(directory, export_dir, seed=0, epochs_scale=1.0):
             config["weights"] = backbone
         print(f"{name} ...", flush=True)
         results[name] = recipe.run(config)
+        print(f"  test accuracy {results[name]['test_accuracy']:.3f}", flush=True)
         commands[name] = _command(recipe, config)
     seconds = time.time() - start
     best = max((name for name, _, _ in RUNS), key=lambda n: results[n]["test_accuracy"])
@@ -160,8 +163,9 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments {argv[1:]}")
-    results, best = run(FLAGS.demo_dir, FLAGS.demo_export_dir, FLAGS.demo_seed,
-                        FLAGS.demo_epochs_scale)
+    results, best = common.run_or_explain(
+        lambda _: run(FLAGS.demo_dir, FLAGS.demo_export_dir, FLAGS.demo_seed,
+                      FLAGS.demo_epochs_scale), None)
     print()
     print(_table(results))
     print(f"\nbest: {best}; SavedModel in {FLAGS.demo_export_dir}; report in "
