@@ -124,6 +124,8 @@ class StochasticWeightAveraging(keras.callbacks.Callback):
         self._reset()
 
     def _reset(self):
+        # `_previous` is the average before the last averaged epoch (with a
+        # `state_path`), kept to roll that epoch back on a resume.
         self.averaged_epochs, self._average, self._previous = [], None, None
         self._start_step = None
 
@@ -216,15 +218,12 @@ class StochasticWeightAveraging(keras.callbacks.Callback):
     def _update(self, epoch):
         variables = self.model.weights
         weights = [np.array(variables[slot].numpy(), np.float64) for slot in self._slots]
-        if self._average is None:
-            self._average = weights
-        else:
-            if self.state_path:  # to roll this epoch back on a resume
-                self._previous = ([a.copy() for a in self._average],
-                                  list(self.averaged_epochs))
-            count = len(self.averaged_epochs)
-            for average, weight in zip(self._average, weights):
-                average += (weight - average) / (count + 1)
+        count = len(self.averaged_epochs)
+        average = weights if self._average is None else [
+            a + (w - a) / (count + 1) for a, w in zip(self._average, weights)]
+        if self.state_path:
+            self._previous = self._average
+        self._average = average
         self.averaged_epochs.append(int(epoch))
         if self.state_path:
             self._save_state()
@@ -238,8 +237,8 @@ class StochasticWeightAveraging(keras.callbacks.Callback):
         if len(stale) == len(self.averaged_epochs):
             self._reset()
         elif len(stale) == 1 and self._previous is not None:
-            self._average, self.averaged_epochs = self._previous
-            self._previous = None
+            self._average, self._previous = self._previous, None
+            self.averaged_epochs = self.averaged_epochs[:-1]
         elif stale:
             raise RuntimeError(
                 f"The SWA state in {self.state_path} averages epochs {stale} but training "
@@ -281,8 +280,7 @@ class StochasticWeightAveraging(keras.callbacks.Callback):
         arrays["epochs"] = np.asarray(self.averaged_epochs, np.int64)
         arrays["start_step"] = np.asarray(-1 if self._start_step is None else self._start_step)
         if self._previous is not None:
-            arrays.update({f"previous_{i}": a for i, a in enumerate(self._previous[0])})
-            arrays["previous_epochs"] = np.asarray(self._previous[1], np.int64)
+            arrays.update({f"previous_{i}": a for i, a in enumerate(self._previous)})
         directory = os.path.dirname(os.path.abspath(self.state_path))
         os.makedirs(directory, exist_ok=True)
         handle, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
@@ -297,18 +295,17 @@ class StochasticWeightAveraging(keras.callbacks.Callback):
     def _load_state(self):
         with np.load(self.state_path) as state:
             count = sum(key.startswith("average_") for key in state.files)
-            shapes = [tuple(self.model.weights[s].shape) for s in self._slots]
-            average = [state[f"average_{i}"] for i in range(min(count, len(shapes)))]
-            if count != len(shapes) or [a.shape for a in average] != shapes:
+            average = [state[f"average_{i}"] for i in range(count)]
+            if [a.shape for a in average] != [tuple(self.model.weights[s].shape)
+                                              for s in self._slots]:
                 raise ValueError(f"The SWA state in {self.state_path} does not match the "
                                  "model's weights; delete it or pass another `state_path`.")
             self._average = average
             self.averaged_epochs = [int(e) for e in state["epochs"]]
             start_step = int(state["start_step"])
             self._start_step = None if start_step < 0 else start_step
-            if "previous_epochs" in state.files:
-                self._previous = ([state[f"previous_{i}"] for i in range(len(shapes))],
-                                  [int(e) for e in state["previous_epochs"]])
+            if "previous_0" in state.files:
+                self._previous = [state[f"previous_{i}"] for i in range(count)]
 
 
 @keras.saving.register_keras_serializable(package="kerastrain", name="SWAPhase")
