@@ -27,6 +27,9 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from kerastrain import _tfds
+from kerastrain._tfds import DataNotPreparedError  # noqa: F401 (re-exported)
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 DEFAULT_TEST_FRACTION = 0.2
 _EMBEDDED = pathlib.Path(__file__).parent / "datasets" / "cifar10_mini"
@@ -34,10 +37,6 @@ _SPECS = ("'cifar10_mini', 'folder:PATH', 'tfds:NAME', 'tfds:NAME:TRAIN:TEST' "
           "or 'tfds:NAME:TRAIN:VALIDATION:TEST'")
 # One random stream per purpose, so that no draw depends on another.
 _TEST_STREAM, _VALIDATION_STREAM, _FEW_SHOT_STREAM = 1, 2, 3
-
-
-class DataNotPreparedError(RuntimeError):
-    """A TFDS dataset is not prepared locally and could not be downloaded."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,7 +196,9 @@ def _read_spec(spec, image_size, seed, data_dir):
         # ':' inside brackets belongs to a slice such as 'train[:90%]'.
         name, *split_names = re.split(r":(?![^\[]*\])", rest)
         if len(split_names) in (0, 2, 3):
-            return _read_tfds(name, split_names, image_size, data_dir)
+            class_names, names, images, labels = _tfds.read(name, split_names,
+                                                            data_dir)
+            return class_names, _slice(_decode(names, images, image_size), labels)
     raise ValueError(f"Unknown data spec {spec!r}: expected {_SPECS}")
 
 
@@ -305,47 +306,6 @@ def _slice(images, labels):
         splits[key] = images[start:stop], np.asarray(split_labels, np.int64)
         start = stop
     return splits
-
-
-def _read_tfds(name, split_names, image_size, data_dir):
-    """Reads TFDS splits with the builder steps `tfds.load` runs.
-
-    Running them one by one tells a failed download (offline) apart from an
-    unknown name.
-    """
-    import tensorflow_datasets as tfds  # noqa: PLC0415 (slow; tfds specs only)
-
-    try:
-        builder = tfds.builder(name, data_dir=data_dir)
-    except tfds.core.DatasetNotFoundError as err:
-        raise ValueError(f"Unknown TFDS dataset {name!r} in 'tfds:{name}'; "
-                         "tfds.list_builders() lists the known names") from err
-    try:
-        builder.download_and_prepare()  # Returns at once when prepared.
-    except Exception as err:  # Offline downloads fail with many error types.
-        raise DataNotPreparedError(
-            f"TFDS dataset {name!r} is not prepared in {builder.data_dir!r} and "
-            f"downloading it failed ({type(err).__name__}: {err}); probably no "
-            "network is reachable. On a machine with network access run "
-            f"`tfds build {name} --data_dir=DIR`, copy DIR here and pass "
-            "data_dir=DIR to load() (or set TFDS_DATA_DIR=DIR)") from err
-    info = builder.info
-    label = info.features[info.supervised_keys[1]] if info.supervised_keys else None
-    if not hasattr(label, "names"):
-        raise ValueError(f"TFDS dataset {name!r} has no (image, class label) "
-                         "supervised keys; use an image classification dataset")
-    keys = ["train", "validation", "test"] if len(split_names) == 3 or (
-        not split_names and "validation" in info.splits) else ["train", "test"]
-    split_names = split_names or keys
-    names, images, labels = [], [], {}
-    for key, split in zip(keys, split_names):
-        examples = list(tfds.as_numpy(builder.as_dataset(split=split,
-                                                         as_supervised=True)))
-        names += [f"{name}:{split} example {i}" for i in range(len(examples))]
-        images += [Image.fromarray(x[..., 0] if x.shape[-1] == 1 else x)
-                   .convert("RGB") for x, _ in examples]
-        labels[key] = [y for _, y in examples]
-    return list(label.names), _slice(_decode(names, images, image_size), labels)
 
 
 def _split(images, labels, fraction, seed, stream):

@@ -16,6 +16,27 @@ _CELL_INCHES = 1.0
 _DPI = 100
 
 
+def _save(fig, path, tight=True):
+    """Writes `fig` to `path` at `_DPI`, closes it and returns `path`."""
+    if tight:
+        fig.tight_layout()
+    fig.savefig(path, dpi=_DPI)
+    plt.close(fig)
+    return path
+
+
+def _panel_grid(count, columns, width, height):
+    """Returns `(fig, axes)`: `count` panels of `width x height` inches in rows
+    of at most `columns`; the cells left over in the last row are hidden."""
+    columns = max(1, min(columns, count))
+    rows = math.ceil(count / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(width * columns, height * rows),
+                             dpi=_DPI, squeeze=False)
+    for ax in axes.ravel()[count:]:
+        ax.set_axis_off()
+    return fig, axes.ravel()[:count]
+
+
 def augmentation_grid(originals, augmented, path, columns=8):
     """Draws originals and their augmented versions in alternating rows.
 
@@ -61,9 +82,7 @@ def augmentation_grid(originals, augmented, path, columns=8):
         axes[2 * block, 0].set_ylabel("original", fontsize=7)
         axes[2 * block + 1, 0].set_ylabel("augmented", fontsize=7)
     fig.subplots_adjust(left=0.04, right=0.99, bottom=0.01, top=0.99, wspace=0.05, hspace=0.05)
-    fig.savefig(path, dpi=_DPI)
-    plt.close(fig)
-    return path
+    return _save(fig, path, tight=False)
 
 
 def plot_lr_finder(result_or_arrays, path):
@@ -101,10 +120,7 @@ def plot_lr_finder(result_or_arrays, path):
     ax.set_title("Learning-rate range test")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=_DPI)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _lr_finder_arrays(data):
@@ -168,14 +184,9 @@ def plot_schedule(schedule, steps, path, columns=3):
     else:
         panels = {"constant": schedule}
     points = np.unique(np.linspace(0, steps - 1, min(steps, 1000)).round().astype(int))
-    columns = max(1, min(columns, len(panels)))
-    rows = math.ceil(len(panels) / columns)
     width, height = (6, 3.5) if len(panels) == 1 else (4, 2.8)
-    fig, axes = plt.subplots(rows, columns, figsize=(width * columns, height * rows),
-                             dpi=_DPI, squeeze=False)
-    for ax in axes.ravel()[len(panels):]:
-        ax.set_axis_off()
-    for ax, (title, rule) in zip(axes.ravel(), panels.items()):
+    fig, axes = _panel_grid(len(panels), columns, width, height)
+    for ax, (title, rule) in zip(axes, panels.items()):
         if callable(rule):
             rates = _schedule_rates(rule, points)
         else:
@@ -187,10 +198,7 @@ def plot_schedule(schedule, steps, path, columns=3):
         ax.set_ylabel("learning rate")
         ax.set_title(title)
         ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=_DPI)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _schedule_rates(schedule, points):
@@ -239,10 +247,7 @@ def training_curves(history, path):
         ax.set_title(metric)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=_DPI)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def activation_histograms(stats, path, columns=10):
@@ -273,13 +278,8 @@ def activation_histograms(stats, path, columns=10):
         )
     low = min(entry["histogram"]["edges"][0] for entry in stats)
     high = max(entry["histogram"]["edges"][-1] for entry in stats)
-    columns = max(1, min(columns, len(stats)))
-    rows = math.ceil(len(stats) / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(1.8 * columns, 1.8 * rows),
-                             dpi=_DPI, squeeze=False)
-    for ax in axes.ravel()[len(stats):]:
-        ax.set_axis_off()
-    for ax, entry in zip(axes.ravel(), stats):
+    fig, axes = _panel_grid(len(stats), columns, 1.8, 1.8)
+    for ax, entry in zip(axes, stats):
         counts = np.asarray(entry["histogram"]["counts"], dtype=float)
         edges = np.asarray(entry["histogram"]["edges"], dtype=float)
         # The edge line keeps a histogram of near-zero width visible.
@@ -291,10 +291,7 @@ def activation_histograms(stats, path, columns=10):
                      f"{entry['std']:.2g}", fontsize=6)
         ax.set_yticks([])
         ax.tick_params(axis="x", labelsize=5)
-    fig.tight_layout()
-    fig.savefig(path, dpi=_DPI)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_optimizer_paths(problems, paths, path):
@@ -346,9 +343,8 @@ def plot_optimizer_paths(problems, paths, path):
             ax.plot(points[:, 0], points[:, 1], color=colors[name], linewidth=1.4,
                     alpha=0.85, label=name)
             ax.plot(*points[0], "o", color=colors[name], markersize=4)
-            last = points[inside][-1] if inside.any() else None
-            if last is not None:
-                ax.plot(*last, "x", color=colors[name], markersize=6)
+            if inside.any():
+                ax.plot(*points[inside][-1], "x", color=colors[name], markersize=6)
         ax.plot(*np.transpose(problem.minima), "*", color="gold", markersize=12,
                 markeredgecolor="black", linestyle="none")
         ax.set_xlim(problem.x_range)
@@ -357,10 +353,7 @@ def plot_optimizer_paths(problems, paths, path):
         ax.set_xlabel("x")
         ax.set_ylabel("y")
     axes[0, -1].legend(loc="upper right", fontsize=7, framealpha=0.9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=_DPI)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def search_parameters(values, scores, path, objective="validation_accuracy",
@@ -411,10 +404,7 @@ def search_parameters(values, scores, path, objective="validation_accuracy",
         ax.grid(alpha=0.3)
     axes[0, 0].set_ylabel(objective, fontsize=8)
     axes[0, 0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=_DPI)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def confusion_matrix(labels, predictions, class_names, path):
@@ -460,10 +450,7 @@ def confusion_matrix(labels, predictions, class_names, path):
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(f"accuracy {np.trace(matrix) / len(labels):.3f}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=_DPI)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def comparison_bars(scores, path, ylabel="test accuracy"):
@@ -492,7 +479,4 @@ def comparison_bars(scores, path, ylabel="test accuracy"):
     ax.set_ylabel(ylabel, fontsize=8)
     ax.set_ylim(0, max(1.0, max(scores.values()) * 1.1))
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=_DPI)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

@@ -39,6 +39,7 @@ import keras_tuner
 
 from kerastrain import plots
 
+
 @dataclasses.dataclass(frozen=True)
 class Parameter:
     """One setting's distribution; build it with `uniform`, `log_uniform`,
@@ -413,11 +414,12 @@ def _write_results(results, space, output_dir, objective, direction):
         f.write("\n".join(lines) + "\n")
     done = [r for r in results if r.score is not None]
     if done:
+        log_parameters = [n for n, p in space.items()
+                          if p.distribution == "log_uniform" or p.log]
         plots.search_parameters(
             {n: [r.values[n] for r in done] for n in names}, [r.score for r in done],
             os.path.join(output_dir, "parameters.png"), objective=objective,
-            direction=direction, log_parameters=[n for n, p in space.items()
-                            if p.distribution == "log_uniform" or p.log])
+            direction=direction, log_parameters=log_parameters)
 
 
 def _cell(value):
@@ -445,9 +447,9 @@ def _is_number(value):
 
 
 def _check_bounds(name, low, high):
-    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                  and math.isfinite(v) for v in (low, high))
-    if not numbers or not low < high:
+    finite = all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                 and math.isfinite(v) for v in (low, high))
+    if not finite or not low < high:
         raise ValueError(f"Invalid value for `low`/`high`: {name} needs finite "
                          f"low < high, received low={low!r}, high={high!r}")
     return float(low), float(high)

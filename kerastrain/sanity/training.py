@@ -69,20 +69,19 @@ def overfit_small_subset(build_model, data, *, examples=20, max_steps=300,
     _disable_regularization(model)
     step = _train_step(model)
     classes = np.argmax(y, axis=-1) if np.ndim(y) == 2 else np.reshape(y, -1)
-    first = loss = accuracy = None
+    first = None
     for steps in range(1, max_steps + 1):
         loss, y_pred = step(x, y)
         loss = float(loss)
         first = loss if first is None else first
         accuracy = float(np.mean(np.argmax(y_pred, axis=-1) == classes))
-        if not math.isfinite(loss):
-            break
-        if accuracy >= target_accuracy and loss <= target_loss:
+        reached = accuracy >= target_accuracy and loss <= target_loss
+        if reached or not math.isfinite(loss):
             break
     figures = {"examples": len(y), "steps": steps, "initial_loss": first,
                "loss": loss, "accuracy": accuracy,
                "target_accuracy": target_accuracy, "target_loss": target_loss}
-    if accuracy >= target_accuracy and loss <= target_loss:
+    if reached:
         return CheckResult("overfit_small_subset", True, figures,
                            f"Memorized {len(y)} examples in {steps} steps "
                            f"(accuracy {accuracy:.2f}, loss {loss:.3f}).")
