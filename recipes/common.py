@@ -5,14 +5,17 @@ Every recipe writes the same run directory (the output contract):
 with `--export_dir`, a SavedModel. The techniques themselves live in the
 `kerastrain` package; this module only turns flag values into library calls.
 
-absl flags are global to a process, so the flags every recipe shares are
-defined here, once, however many recipes are imported; a recipe defines only
-the flags that are its own, under names no other recipe uses.
+absl flags are global to a process, so the flags recipes share are defined
+here, once, however many recipes are imported: a recipe calls the
+`define_*_flags` of the groups it uses, which become its key flags (its
+`--help` and its config), and defines only the flags that are its own, under
+names no other recipe uses.
 """
 
 import json
 import math
 import os
+import sys
 
 import keras
 import numpy as np
@@ -30,8 +33,7 @@ SCHEDULES = ("constant", "step", "exponential", "inverse_time", "cosine",
              "cyclical", "warm_restarts", "one_cycle")
 CYCLIC_SCHEDULES = ("cyclical", "warm_restarts")
 REGULARIZERS = ("none", "l2", "l1", "elastic_net")
-_THIS_MODULE = __name__
-_DEFINED = set()
+_GROUPS = {}  # flag group -> names of its flags, once defined
 # Epoch-counted default schedule arguments and their step-counted forms: an
 # override of either form in --schedule_args replaces the default.
 _SAME_QUANTITY = {"boundaries_epochs": "boundaries", "k_per_epoch": "k",
@@ -41,10 +43,50 @@ _SAME_QUANTITY = {"boundaries_epochs": "boundaries", "k_per_epoch": "k",
 
 
 def define_data_flags(default_data="cifar10_mini"):
-    """Defines the data flags shared by every recipe (once per process)."""
-    if "data" in _DEFINED:
-        return
-    _DEFINED.add("data")
+    """Defines the data flags shared by every recipe; `--seed` too."""
+    _share("data", lambda: _define_data_flags(default_data))
+
+
+def define_model_flags():
+    """Defines `--width` and `--blocks` of `kerastrain.models.small_cnn`."""
+    _share("model", _define_model_flags)
+
+
+def define_optimizer_flags():
+    """Defines `--optimizer` and `--learning_rate`."""
+    _share("optimizer", _define_optimizer_flags)
+
+
+def define_output_flags():
+    """Defines `--output_dir` (default: `runs/RECIPE`, see `complete_config`)."""
+    _share("output", _define_output_flags)
+
+
+def define_training_flags():
+    """Defines the optimizer, schedule, regularization, averaging, scale and
+    output flags shared by the training recipes. The number of epochs is each
+    recipe's own flag."""
+    _share("optimizer", _define_optimizer_flags)
+    _share("output", _define_output_flags)
+    _share("training", _define_training_flags)
+
+
+def _share(group, define):
+    """Defines the flags of `group` once per process and makes them key flags
+    of the recipe calling `define_*_flags`: listed by its `--help` and part of
+    its config (`flag_config`)."""
+    recipe = sys._getframe(2).f_globals["__name__"]
+    if recipe == "__main__":
+        recipe = sys.argv[0]  # absl's name for the main module
+    if group not in _GROUPS:
+        before = set(FLAGS)
+        define()
+        _GROUPS[group] = sorted(set(FLAGS) - before)
+    for name in _GROUPS[group]:
+        FLAGS.register_key_flag_for_module(recipe, FLAGS[name])
+
+
+def _define_data_flags(default_data):
     flags.DEFINE_string(
         "data", default_data,
         "Data spec: cifar10_mini (embedded), folder:PATH or tfds:NAME.")
@@ -60,18 +102,24 @@ def define_data_flags(default_data="cifar10_mini"):
     flags.DEFINE_integer("seed", 0, "Random seed for data order, init and augmentation.")
 
 
-def define_training_flags():
-    """Defines the optimisation, regularization, averaging, scale and output
-    flags shared by the training recipes (once per process). The number of
-    epochs is each recipe's own flag."""
-    if "training" in _DEFINED:
-        return
-    _DEFINED.add("training")
+def _define_model_flags():
+    flags.DEFINE_integer("width", 32, "Filters of the first convolution block.")
+    flags.DEFINE_integer("blocks", 3, "Convolution blocks (width doubles each block).")
+
+
+def _define_optimizer_flags():
     flags.DEFINE_string("optimizer", "adam",
                         "sgd, momentum, nesterov, adagrad, rmsprop, adam, adamw, "
                         "or any Keras optimizer name.")
     flags.DEFINE_float("learning_rate", 1e-3,
                        "Base (peak) learning rate of the schedule.")
+
+
+def _define_output_flags():
+    flags.DEFINE_string("output_dir", None, "Run directory (default: runs/RECIPE).")
+
+
+def _define_training_flags():
     flags.DEFINE_float("weight_decay", None,
                        "Decoupled weight decay of the optimizer (e.g. adamw).")
     flags.DEFINE_enum("schedule", "constant", SCHEDULES,
@@ -104,7 +152,6 @@ def define_training_flags():
                       "tf.distribute strategy.")
     flags.DEFINE_string("tpu", None, "TPU name or address for --strategy=tpu "
                         "('local' on a TPU VM).")
-    flags.DEFINE_string("output_dir", None, "Run directory (default: runs/RECIPE).")
     flags.DEFINE_string("export_dir", None, "Write the SavedModel here.")
     flags.DEFINE_integer("verbose", 2, "Keras fit verbosity (0, 1 or 2).")
 
@@ -113,7 +160,7 @@ def define_training_flags():
 
 
 def flag_config(module="__main__"):
-    """The parsed values of the shared flags and of `module`'s own flags.
+    """The parsed values of the flags of the recipe `module` (its key flags).
 
     Args:
         module: name of the recipe module whose flags to include. Defaults to
@@ -145,16 +192,19 @@ def complete_config(config, module):
                          f"{sorted(defaults)}")
     config = {**defaults, **config}
     if config.get("output_dir") is None:
-        config["output_dir"] = os.path.join("runs", module.rsplit(".", 1)[-1])
+        config["output_dir"] = os.path.join("runs", _recipe_name(module))
     return config
 
 
 def _recipe_flags(module):
-    names = {}
-    for name in (_THIS_MODULE, module):
-        for f in FLAGS.get_flags_for_module(name):
-            names[f.name] = f
-    return sorted(names.values(), key=lambda f: f.name)
+    """The flags `module` defines plus the shared groups it asked for."""
+    return sorted(FLAGS.get_key_flags_for_module(module), key=lambda f: f.name)
+
+
+def _recipe_name(module):
+    if module == "__main__":  # `python -m recipes.train`: name it after its file
+        module = os.path.splitext(os.path.basename(sys.argv[0]))[0]
+    return module.rsplit(".", 1)[-1]
 
 
 def check_config(config, epochs):
@@ -339,15 +389,9 @@ def training_callbacks(config, data, schedule, steps_per_epoch, epochs, output_d
             state_path=os.path.join(output_dir, "swa_state.npz"))
         callbacks.append(swa)
     if config.get("snapshots"):
-        ends = snapshot_steps(schedule, epochs * steps_per_epoch)
-        if len(ends) < config["snapshots"]:
-            raise ValueError(
-                f"--snapshots={config['snapshots']} but the schedule completes only "
-                f"{len(ends)} cycles in {epochs} epochs; lower --snapshots or change "
-                "--schedule_args")
         snapshot_dir = os.path.join(output_dir, "snapshots")
-        callbacks.append(kt_callbacks.SnapshotEnsemble(
-            snapshot_dir, cycle_end_steps=ends, keep=config["snapshots"], verbose=0))
+        callbacks.append(snapshot_callback(config, schedule, epochs * steps_per_epoch,
+                                           snapshot_dir, f"{epochs} epochs"))
     backup_dir = os.path.join(output_dir, "backup")
     resuming = os.path.isdir(backup_dir)
     # An interrupted run resumes from the backup when started again; Keras
@@ -358,6 +402,23 @@ def training_callbacks(config, data, schedule, steps_per_epoch, epochs, output_d
     callbacks.append(keras.callbacks.CSVLogger(
         os.path.join(output_dir, "history.csv"), append=resuming))
     return callbacks, swa, snapshot_dir
+
+
+def snapshot_callback(config, schedule, total_steps, snapshot_dir, budget):
+    """The `SnapshotEnsemble` of `--snapshots` at the cycle ends of `schedule`.
+
+    Args:
+        budget: the training the `total_steps` stand for, named in the error
+            when the schedule completes too few cycles.
+    """
+    ends = snapshot_steps(schedule, total_steps)
+    if len(ends) < config["snapshots"]:
+        raise ValueError(
+            f"--snapshots={config['snapshots']} but the schedule completes only "
+            f"{len(ends)} cycles in {budget}; lower --snapshots or change "
+            "--schedule_args")
+    return kt_callbacks.SnapshotEnsemble(snapshot_dir, cycle_end_steps=ends,
+                                         keep=config["snapshots"])
 
 
 def check_finite(history):
@@ -448,17 +509,10 @@ def save_backbone(model, path):
 
 def write_json(path, payload):
     """Writes JSON atomically (temporary file, then rename)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    temporary = os.path.join(directory, f".tmp-{os.getpid()}-{os.path.basename(path)}")
-    try:
+    def write(temporary):
         with open(temporary, "w") as f:
             json.dump(payload, f, indent=2, sort_keys=True, default=_jsonable)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-    return path
+    return _write_atomically(path, write)
 
 
 def _jsonable(value):
@@ -471,11 +525,16 @@ def save_keras(model, path):
     """Saves a `.keras` file atomically (temporary file, then rename)."""
     if not str(path).endswith(".keras"):
         raise ValueError(f"Invalid path {path!r}: expected a file name ending in .keras")
+    return _write_atomically(path, model.save)
+
+
+def _write_atomically(path, write):
+    """Calls `write(temporary)` next to `path`, then renames it to `path`."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     temporary = os.path.join(directory, f".tmp-{os.getpid()}-{os.path.basename(path)}")
     try:
-        model.save(temporary)
+        write(temporary)
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):

@@ -54,7 +54,6 @@ from recipes import common
 FLAGS = flags.FLAGS
 common.define_data_flags()
 common.define_training_flags()
-flags.adopt_module_key_flags(common)  # --help lists the shared flags too
 flags.DEFINE_string("backbone", "MobileNetV3Small",
                     "keras.applications model name (any case); ignored when "
                     "--weights is a .keras file, which holds its architecture.")
@@ -220,14 +219,10 @@ def _averaging_callbacks(config, data, schedule, steps_per_epoch, output_dir):
             swa_learning_rate=config["swa_lr"], bn_update_data=data.train)
         callbacks.append(swa)
     if config["snapshots"]:
-        ends = common.snapshot_steps(schedule, config["epochs_finetune"] * steps_per_epoch)
-        if len(ends) < config["snapshots"]:
-            raise ValueError(f"--snapshots={config['snapshots']} but the schedule "
-                             f"completes only {len(ends)} cycles in "
-                             f"--epochs_finetune={config['epochs_finetune']}")
         snapshot_dir = os.path.join(output_dir, "snapshots")
-        callbacks.append(kt_callbacks.SnapshotEnsemble(
-            snapshot_dir, cycle_end_steps=ends, keep=config["snapshots"]))
+        callbacks.append(common.snapshot_callback(
+            config, schedule, config["epochs_finetune"] * steps_per_epoch, snapshot_dir,
+            f"--epochs_finetune={config['epochs_finetune']}"))
     return swa, snapshot_dir, callbacks
 
 

@@ -7,8 +7,8 @@ against `ln(C)` (and softmax applied twice), finite non-zero gradients for
 every weight, per-layer activation statistics, a stronger L2 penalty raising
 the loss, memorizing 20 examples, and whether a few steps at the learning
 rate lower the loss. Prints a table and writes `sanity.md`, `sanity.json`,
-`activations.png` and `config.json` to `--output_dir`. It takes about a
-minute on a laptop CPU.
+`activations.png` and `config.json` to `--output_dir` (default:
+`runs/sanity`). It takes about a minute on a laptop CPU.
 
     python -m recipes.sanity --output_dir=runs/sanity
     python -m recipes.sanity --learning_rate=0.5 --optimizer=sgd
@@ -23,28 +23,30 @@ from absl import flags
 from recipes import common
 
 FLAGS = flags.FLAGS
+# --learning_rate is the rate judged (and the overfit check trains with);
+# --width and --blocks shape the model when it is small_cnn.
 common.define_data_flags()
+common.define_model_flags()
+common.define_optimizer_flags()
+common.define_output_flags()
 flags.DEFINE_string("model", "small_cnn",
                     "Name of a model function of kerastrain.models.")
-flags.DEFINE_integer("width", 32, "Filters of the first convolution block.")
-flags.DEFINE_integer("blocks", 3, "Convolution blocks (width doubles each block).")
-flags.DEFINE_string("optimizer", "adam",
-                    "Optimizer name for kerastrain.optimizers.build.")
-flags.DEFINE_float("learning_rate", 1e-3,
-                   "Learning rate to judge (and to train the overfit check with).")
 flags.DEFINE_integer("overfit_steps", 300,
                      "Step budget for memorizing 20 training examples.")
 flags.DEFINE_integer("learning_rate_steps", 20,
                      "Steps of the learning-rate check.")
-flags.DEFINE_string("output_dir", "runs/sanity",
-                    "Where to write sanity.md, sanity.json and the plots.")
 
 
 def run(config):
-    """Runs the checks as `config` says; returns the list of results."""
+    """Runs the checks as `config` says; returns the list of results.
+
+    Args:
+        config: dict of flag values of this recipe (see `--help`); missing
+            ones take their defaults.
+    """
     from kerastrain import sanity
 
-    os.makedirs(config["output_dir"], exist_ok=True)
+    config = common.complete_config(config, __name__)
     common.write_json(os.path.join(config["output_dir"], "config.json"), config)
     data = common.load_data(config)
     build_model = sanity.compiled_builder(
@@ -60,10 +62,11 @@ def run(config):
 
 def main(argv):
     del argv
-    results = common.run_or_explain(run, common.flag_config())
+    config = common.complete_config(common.flag_config(__name__), __name__)
+    results = common.run_or_explain(run, config)
     passed = sum(result.passed for result in results)
     print(f"\n{passed} of {len(results)} checks passed; report in "
-          f"{os.path.join(FLAGS.output_dir, 'sanity.md')}")
+          f"{os.path.join(config['output_dir'], 'sanity.md')}")
 
 
 if __name__ == "__main__":

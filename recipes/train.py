@@ -36,10 +36,9 @@ from recipes import common
 
 FLAGS = flags.FLAGS
 common.define_data_flags()
+common.define_model_flags()
 common.define_training_flags()
 flags.DEFINE_integer("epochs", 10, "Training epochs.")
-flags.DEFINE_integer("width", 32, "Filters of the first convolution block.")
-flags.DEFINE_integer("blocks", 3, "Convolution blocks (width doubles each block).")
 flags.DEFINE_string("save_backbone", None,
                     "Write the trained feature extractor (model without its "
                     "classifier) to this .keras file, for recipes.finetune --weights.")
