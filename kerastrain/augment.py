@@ -9,9 +9,9 @@ each batch once; colour jitter (brightness, contrast, saturation, hue) is
 likewise one 3x3 colour matrix plus an offset per image. The resampling
 follows `ImageProjectiveTransformV3`'s conventions but is written as
 coordinate arithmetic plus gathers, so that XLA fuses the whole chain into a
-few loops: `benchmarks/augment_throughput.py` measures it at 2.6x the
+few loops: `benchmarks/augment_throughput.py` measures it at 1.8x the
 throughput of the same policy resampled by one `ImageProjectiveTransformV3`
-call per batch, and 11x a stack of Keras preprocessing layers. It runs on
+call per batch, and 5x a stack of Keras preprocessing layers. It runs on
 uint8 batches inside `tf.data` (never inside the model) and is reproducible
 when seeded.
 """
@@ -151,7 +151,7 @@ def _warp(images, matrices, fill_mode="reflect", fill_value=0.0, interpolation="
     Same conventions as `ImageProjectiveTransformV3` (pixel centres at
     integer coordinates, `(d c b a | a b c d | d c b a)` reflection), written
     as coordinate arithmetic plus gathers so that XLA fuses it: on CPU this
-    takes about a third of the time of that kernel, which computes the
+    takes about half the CPU time of that kernel, which computes the
     source coordinates again for every channel. One difference: `"wrap"`
     interpolates across the seam between the last and the first pixel,
     where TensorFlow's kernel clamps.
