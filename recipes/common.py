@@ -214,6 +214,12 @@ def check_config(config, epochs):
         config: a completed config.
         epochs: the number of epochs the recipe trains.
     """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"Invalid value for --epochs: expected an int >= 1, "
+                         f"received epochs={epochs!r}")
+    if config["augment"] not in kt.augment.POLICIES:
+        raise ValueError(f"Invalid value for --augment: expected one of "
+                         f"{list(kt.augment.POLICIES)}, received {config['augment']!r}")
     if config.get("swa_start") is not None and not 0 <= config["swa_start"] < epochs:
         raise ValueError(f"Invalid value for --swa_start: expected 0 <= swa_start < "
                          f"epochs={epochs}, received swa_start={config['swa_start']}")

@@ -40,7 +40,7 @@ from absl import flags
 import kerastrain as kt
 from recipes import common
 
-FLAGS = flags.FLAGS
+common.define_output_flags()
 flags.DEFINE_list("problems", ["quadratic", "saddle", "rosenbrock"],
                   "Test functions of kerastrain.toy_problems.")
 flags.DEFINE_list("optimizers", ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam"],
@@ -53,8 +53,6 @@ flags.DEFINE_float("condition_number", 100.0,
 flags.DEFINE_string("learning_rates", None,
                     'JSON overrides of the learning rates: {"adam": 0.1} for every '
                     'problem, {"saddle": {"sgd": 0.05}} for one.')
-flags.DEFINE_string("output_dir", "runs/compare_optimizers",
-                    "Where to write trajectories.png, results.md and results.json.")
 
 # Default learning rate per problem and optimizer (see the module docstring).
 LEARNING_RATES = {
@@ -94,7 +92,10 @@ def run(config):
     (`None` when not reached), `final_gap` (`f - min f` at the last point,
     `None` when the run diverged), `final_point` and `diverged`;
     `paths[problem][optimizer]` is the `(steps + 1, 2)` array of points.
+    Missing settings take their flag defaults; the default `output_dir` is
+    `runs/compare_optimizers`.
     """
+    config = common.complete_config(config, __name__)
     _check(config)
     os.makedirs(config["output_dir"], exist_ok=True)
     common.write_json(os.path.join(config["output_dir"], "config.json"), config)
@@ -167,10 +168,10 @@ def _check(config):
 
 def main(argv):
     del argv
-    config = common.flag_config()
+    config = common.complete_config(common.flag_config(__name__), __name__)
     results, _ = common.run_or_explain(run, config)
     print(markdown_table(results, config))
-    print(f"Wrote {os.path.join(FLAGS.output_dir, 'trajectories.png')}")
+    print(f"Wrote {os.path.join(config['output_dir'], 'trajectories.png')}")
 
 
 if __name__ == "__main__":

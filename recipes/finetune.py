@@ -126,6 +126,10 @@ def _check_config(config):
         if phase_two:
             raise ValueError(f"{', '.join(phase_two)} apply to --mode=finetune; "
                              "--mode=features fits a linear classifier only")
+        if config["regularizer"] != "none":
+            raise ValueError(f"--regularizer={config['regularizer']} applies to "
+                             "--mode=finetune; --mode=features penalizes its linear "
+                             "classifier with --probe_l2")
         return
     if config["epochs_head"] + config["epochs_finetune"] == 0:
         raise ValueError("Nothing to train: pass --epochs_head or --epochs_finetune > 0")

@@ -137,9 +137,25 @@ def test_invalid_arguments():
         toy_problems.evaluate(problem.function, np.zeros((4, 3)))
 
 
+def test_recipe_imports_beside_the_training_recipes(tmp_path, monkeypatch):
+    # absl flags are process-global: --output_dir is the shared flag of
+    # recipes.common, so both recipes import into one process.
+    from recipes import common, compare_optimizers, train  # noqa: F401
+    monkeypatch.chdir(tmp_path)
+    results, paths = compare_optimizers.run(
+        {"problems": ["saddle"], "optimizers": ["adam"], "steps": 50})
+    assert paths["saddle"]["adam"].shape == (51, 2)
+    run_dir = tmp_path / "runs" / "compare_optimizers"  # the default output_dir
+    assert json.loads((run_dir / "results.json").read_text()) == results
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["output_dir"] == os.path.join("runs", "compare_optimizers")
+    assert config["tolerance"] == 1e-3  # a flag default
+    assert common.complete_config({}, "recipes.train")["output_dir"] == \
+        os.path.join("runs", "train")
+
+
 def _recipe(*argv):
-    # A subprocess, as a user runs it: absl flags are process-global, so
-    # importing several recipes into the test process would clash.
+    # A subprocess, as a user runs it.
     return subprocess.run(
         [sys.executable, "-m", "recipes.compare_optimizers", *argv],
         cwd=REPO, capture_output=True, text=True, timeout=300,

@@ -111,12 +111,46 @@ def test_features_mode_fits_a_linear_probe(tmp_path, backbone_file, test_split):
         metrics["test_accuracy"], abs=1e-6)
 
 
+@pytest.mark.parametrize("regularizer", ["none", "l2", "elastic_net"])
+def test_regularizer_penalizes_the_trained_kernels(tmp_path, backbone_file, monkeypatch,
+                                                   regularizer):
+    trained, fine_tune = [], finetune.kt.transfer.fine_tune
+
+    def keep_model(model, *args, **kwargs):
+        trained.append(model)
+        return fine_tune(model, *args, **kwargs)
+
+    monkeypatch.setattr(finetune.kt.transfer, "fine_tune", keep_model)
+    strength, l1_ratio = 1e-2, 0.3
+    config = {**_tiny(tmp_path, backbone_file), "epochs_head": 1, "epochs_finetune": 1,
+              "regularizer": regularizer, "regularization": strength, "l1_ratio": l1_ratio}
+    metrics = finetune.run(config)
+    (model,) = trained
+    kernels = [w.numpy() for w in model.trainable_weights if w.name == "kernel"]
+    assert len(kernels) >= 3  # the head and the unfrozen top block's convolutions
+    expected = {"none": 0.0,
+                "l2": sum(strength * np.sum(k**2) for k in kernels),
+                "elastic_net": sum(strength * ((1 - l1_ratio) * np.sum(k**2)
+                                               + l1_ratio * np.sum(np.abs(k)))
+                                   for k in kernels)}[regularizer]
+    assert len(model.losses) == (0 if regularizer == "none" else len(kernels))
+    penalty = float(sum(float(loss) for loss in model.losses))
+    assert penalty == pytest.approx(expected, rel=1e-4)
+    if regularizer != "none":
+        assert penalty > 0.05
+    # Keras adds the penalty to the loss it trains on; test_loss leaves it out.
+    data = common.load_data(common.complete_config(config, "recipes.finetune"))
+    keras_loss = model.evaluate(data.test, verbose=0, return_dict=True)["loss"]
+    assert keras_loss == pytest.approx(metrics["test_loss"] + penalty, rel=1e-4)
+
+
 @pytest.mark.parametrize("overrides, match", [
     (dict(weights="missing/backbone.keras"),
      "Weights file 'missing/backbone.keras' does not exist"),
     (dict(weights="backbone.txt"), r"expected a `\.keras`"),
     (dict(weights="none", backbone="ResNet5O"), "Unknown backbone name 'ResNet5O'"),
     (dict(mode="features", swa_start=1), "--swa_start apply to --mode=finetune"),
+    (dict(mode="features", regularizer="l2"), "--probe_l2"),
     (dict(epochs_head=0, epochs_finetune=0), "Nothing to train"),
     (dict(epochs_finetune=0, ema=True), "--ema apply to phase 2"),
     (dict(unfreeze=5), r"expected an int in \[0, 2\] \(the backbone has 2 blocks\)"),

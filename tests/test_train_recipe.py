@@ -150,6 +150,8 @@ def test_ema_is_keras_use_ema_swapped_in_after_the_backup(tmp_path):
     (dict(strategy="tpu"), "No TPU found"),
     (dict(bogus=1), r"Unknown settings \['bogus'\]"),
     (dict(regularizer="l3"), "Invalid value for --regularizer"),
+    (dict(epochs=0), "Invalid value for --epochs: expected an int >= 1"),
+    (dict(augment="huge"), "Invalid value for --augment"),
 ])
 def test_bad_settings_exit_before_any_work(tmp_path, overrides, match):
     config = dict(TINY, output_dir=str(tmp_path / "run"), **overrides)
@@ -206,3 +208,64 @@ def test_training_curves_rejects_empty_history(tmp_path):
     path = plots.training_curves({"loss": [2.0, 1.0], "val_loss": [2.1, 1.5]},
                                  str(tmp_path / "curves.png"))
     assert os.path.getsize(path) > 0
+
+
+def test_interrupted_swa_run_resumes_from_its_backup(tmp_path, monkeypatch):
+    """A run that crashes in epoch 3 resumes there: the epochs before the crash
+    are kept, and the SWA average holds the epoch averaged before the crash."""
+    config = dict(TINY, swa_start=2, augment="none")
+    uninterrupted = train.run(dict(config, output_dir=str(tmp_path / "full")))
+    run_dir = tmp_path / "resumed"
+    config["output_dir"] = str(run_dir)
+
+    original = keras.callbacks.TerminateOnNaN.on_batch_end
+    batches = []
+
+    def crash_in_epoch_3(self, batch, logs=None):
+        batches.append(batch)
+        if len(batches) == 3 * STEPS_PER_EPOCH + 2:
+            raise RuntimeError("simulated crash")
+        return original(self, batch, logs)
+
+    monkeypatch.setattr(keras.callbacks.TerminateOnNaN, "on_batch_end", crash_in_epoch_3)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train.run(config)
+    monkeypatch.setattr(keras.callbacks.TerminateOnNaN, "on_batch_end", original)
+    assert {"backup", "swa_state.npz"} <= set(os.listdir(run_dir))
+    assert not os.path.exists(run_dir / "metrics.json")
+    with np.load(run_dir / "swa_state.npz") as state:  # epoch 2, averaged pre-crash
+        assert list(state["epochs"]) == [2]
+        count = sum(name.startswith("average_") for name in state.files)
+        epoch_2 = [state[f"average_{i}"] for i in range(count)]
+
+    made, training_callbacks = [], common.training_callbacks
+
+    def keep_swa(*args, **kwargs):
+        made.append(training_callbacks(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(common, "training_callbacks", keep_swa)
+    metrics = train.run(config)
+    (_, swa, _), = made
+    # Resumed at epoch 3: the history gains one row, not four.
+    with open(run_dir / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    with open(tmp_path / "full" / "history.csv") as f:
+        full_rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
+    assert rows[:3] == full_rows[:3]  # training is deterministic up to the crash
+    # The average is that of epoch 2 (from the state file) and epoch 3.
+    assert swa.averaged_epochs == [2, 3]
+    variables = swa.model.weights
+    assert len(epoch_2) == len(swa._slots)
+    for slot, before in zip(swa._slots, epoch_2):
+        last = swa.final_weights[slot]  # epoch 3, before averaging
+        np.testing.assert_allclose(variables[slot].numpy(), (before + last) / 2,
+                                   rtol=1e-5, atol=1e-6)
+    assert not {"backup", "swa_state.npz"} & set(os.listdir(run_dir))
+    assert _read(run_dir / "metrics.json") == metrics
+    assert set(metrics) == set(uninterrupted)
+    # Close to, not equal to, the uninterrupted run: the resumed fit restarts
+    # the tf.data iterator, so its epoch 3 sees the shuffle order of epoch 0.
+    assert abs(metrics["swa_test_accuracy"] - uninterrupted["swa_test_accuracy"]) < 0.1
+    assert metrics["swa_test_accuracy"] > 0.45  # chance is 1/3
