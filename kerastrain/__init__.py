@@ -12,6 +12,7 @@ Every technique lives in its own module, re-exported here: `augment`,
 """
 
 from kerastrain import augment
+from kerastrain import averaging
 from kerastrain import callbacks
 from kerastrain import data
 from kerastrain import distribute
