@@ -4,20 +4,25 @@ Keras 3 offers an exponential moving average of the weights (`use_ema`) but
 no equal-weight average of late-training solutions, and TensorFlow Addons'
 `SWA` optimizer wrapper is unmaintained, averaged BatchNorm moving statistics
 instead of recomputing them, and lost its state on a checkpoint resume. This
-callback follows PyTorch's `torch.optim.swa_utils` (`AveragedModel`,
-`update_bn`, `SWALR`) on top of `model.fit`.
+callback composes `kerastrain.averaging` (`WeightAverage`,
+`update_batch_norm`, the parts of PyTorch's `torch.optim.swa_utils`) with a
+learning-rate override like PyTorch's `SWALR`, on top of `model.fit`.
 """
 
 import contextlib
+import io
+import itertools
 import math
-import numbers
 import os
-import tempfile
 import warnings
 
 import keras
 import numpy as np
 import tensorflow as tf
+
+from kerastrain import _io
+from kerastrain import averaging
+from kerastrain._checks import check, check_int, check_real, is_real
 
 _LRS = keras.optimizers.schedules.LearningRateSchedule
 
@@ -27,20 +32,31 @@ class StochasticWeightAveraging(keras.callbacks.Callback):
 
     Izmailov et al., "Averaging Weights Leads to Wider Optima and Better
     Generalization" (UAI 2018). From the start epoch on, every
-    `update_every`-th epoch end adds the weights `w` to a running average kept
-    in float64 on the host, `avg <- avg + (w - avg) / (n + 1)`, over every
-    float variable of the model (trainable and non-trainable) except BatchNorm
-    moving statistics.
+    `update_every`-th epoch end adds the weights to an equal-weight running
+    average (`kerastrain.averaging.WeightAverage`, float64 on the host) over
+    every float variable of the model (trainable and non-trainable) except
+    BatchNorm moving statistics.
     When training ends the average is assigned to the model (also under
     `tf.distribute` strategies) and the moving statistics of every trainable
-    `BatchNormalization` layer are recomputed with one compiled forward pass
-    over `bn_update_data` in training mode: the moving mean and variance
-    become the example-weighted average of the batch means and variances
-    (the quantity Keras' moving averages estimate, averaged uniformly instead
-    of exponentially, like PyTorch's `update_bn`).
+    `BatchNormalization` layer are recomputed over `bn_update_data` with
+    `kerastrain.averaging.update_batch_norm`: the exact mean and population
+    variance of each layer's inputs over the data. The swap is all or
+    nothing: if the BatchNorm pass fails, the model keeps the weights it had.
+
+    With an optimizer built with `use_ema=True`, the averaged weights are the
+    EMA weights (read from the optimizer, whatever the place of a
+    `keras.callbacks.SwapEMAWeights` in the callbacks): SWA averages the
+    model each averaged epoch would leave, and `final_weights` is the EMA
+    model Keras leaves at the end of `fit`.
 
     The weights before averaging stay available as `final_weights` and with
-    `swap_in_final_weights()`, to evaluate both.
+    `swap_in_final_weights()`, to evaluate both. When `fit` was given
+    validation data, the averaged model is evaluated on it after the swap and
+    its metrics are logged as `swa_val_loss`, `swa_val_accuracy`, ... (every
+    compiled metric with the `swa_val_` prefix): in the `logs` of
+    `on_train_end` and in `history.history`, as a list over the epochs that
+    is NaN except at the last one. `val_*` are about the weights before
+    averaging.
 
     With `swa_learning_rate`, the averaging epochs train at that rate. An
     optimizer built with a schedule gets its schedule back when training ends;
@@ -68,9 +84,12 @@ class StochasticWeightAveraging(keras.callbacks.Callback):
             optimizer's own rate. Defaults to `None`.
         bn_update_data: finite dataset (or iterable) of `x` or `(x, y[, w])`
             batches for the BatchNorm recomputation, typically the training
-            set. Without it, a model with BatchNorm keeps the moving statistics
-            of the last epoch, with a warning. Defaults to `None`.
-        state_path: `.npz` file for the resumable state. Defaults to `None`.
+            set. A generator can be read once: it serves one `fit`, and an
+            exhausted one is refused when training starts. Without it, a
+            model with BatchNorm keeps the moving statistics of the last
+            epoch, with a warning. Defaults to `None`.
+        state_path: `.npz` file for the resumable state (local or `gs://`).
+            Defaults to `None`.
         verbose: 1 prints a line per averaged epoch. Defaults to 0.
 
     Example:
@@ -78,8 +97,9 @@ class StochasticWeightAveraging(keras.callbacks.Callback):
     >>> swa = StochasticWeightAveraging(start_fraction=0.75,
     ...                                 swa_learning_rate=0.01,
     ...                                 bn_update_data=data.train)
-    >>> model.fit(data.train, epochs=20, callbacks=[swa])
-    >>> swa_accuracy = model.evaluate(data.test)[1]
+    >>> history = model.fit(data.train, validation_data=data.validation,
+    ...                     epochs=20, callbacks=[swa])
+    >>> history.history["swa_val_accuracy"][-1]  # the averaged model's
     >>> with swa.swap_in_final_weights():
     ...     final_accuracy = model.evaluate(data.test)[1]
     """
@@ -93,29 +113,22 @@ class StochasticWeightAveraging(keras.callbacks.Callback):
                              f"received start_epoch={start_epoch!r}, "
                              f"start_fraction={start_fraction!r}")
         if start_epoch is not None:
-            _check("start_epoch", start_epoch, _is_int(start_epoch, 0), "an integer >= 0")
+            start_epoch = check_int("start_epoch", start_epoch, minimum=0)
         if start_fraction is not None:
-            _check("start_fraction", start_fraction,
-                   _is_real(start_fraction) and 0 <= start_fraction < 1,
-                   "0 <= start_fraction < 1")
-        _check("update_every", update_every, _is_int(update_every, 1), "an integer >= 1")
+            start_fraction = check_real("start_fraction", start_fraction, 0, 1,
+                                        high_open=True)
         if swa_learning_rate is not None:
-            _check("swa_learning_rate", swa_learning_rate,
-                   isinstance(swa_learning_rate, _LRS)
-                   or (_is_real(swa_learning_rate) and swa_learning_rate > 0),
-                   "a float > 0 or a keras LearningRateSchedule")
+            check("swa_learning_rate", swa_learning_rate,
+                  isinstance(swa_learning_rate, _LRS)
+                  or (is_real(swa_learning_rate) and swa_learning_rate > 0),
+                  "a float > 0 or a keras LearningRateSchedule")
         if bn_update_data is not None:
-            _check("bn_update_data", bn_update_data, hasattr(bn_update_data, "__iter__"),
-                   "a dataset or iterable of batches")
-            if isinstance(bn_update_data, tf.data.Dataset) and int(
-                    bn_update_data.cardinality()) == tf.data.INFINITE_CARDINALITY:
-                raise ValueError("Invalid value for `bn_update_data`: the dataset repeats "
-                                 "forever; pass a finite one, e.g. `dataset.take(steps)`.")
+            averaging._check_batches("bn_update_data", bn_update_data)
         if state_path is not None:
-            _check("state_path", state_path, str(state_path).endswith(".npz"),
-                   "a path ending in '.npz'")
+            check("state_path", state_path, str(state_path).endswith(".npz"),
+                  "a path ending in '.npz'")
         self.start_epoch, self.start_fraction = start_epoch, start_fraction
-        self.update_every = int(update_every)
+        self.update_every = check_int("update_every", update_every, minimum=1)
         self.swa_learning_rate = swa_learning_rate
         self.bn_update_data = bn_update_data
         self.state_path = None if state_path is None else os.fspath(state_path)
@@ -124,10 +137,10 @@ class StochasticWeightAveraging(keras.callbacks.Callback):
         self._reset()
 
     def _reset(self):
-        # `_previous` is the average before the last averaged epoch (with a
+        # `_previous` is the state before the last averaged epoch (with a
         # `state_path`), kept to roll that epoch back on a resume.
-        self.averaged_epochs, self._average, self._previous = [], None, None
-        self._start_step = None
+        self._average, self._previous = averaging.WeightAverage(), None
+        self.averaged_epochs, self._start_step, self._pending = [], None, None
 
     # -- training hooks -------------------------------------------------------
 
@@ -142,9 +155,13 @@ class StochasticWeightAveraging(keras.callbacks.Callback):
                           "keeps the moving statistics of the last epoch, which do not "
                           "match the averaged weights. Pass `bn_update_data=` (e.g. the "
                           "training set) to recompute them.", stacklevel=2)
+        if self._bn_layers and self.bn_update_data is not None:
+            self.bn_update_data = _readable_batches(self.bn_update_data)
         self._reset()
         self.final_weights = None
-        if self.state_path and os.path.exists(self.state_path):
+        self._ema = None  # built at the first update: the optimizer is built then
+        self._validation, self._validated = None, False
+        if self.state_path and _io.exists(self.state_path):
             self._load_state()
         # BackupAndRestore may restore the weights and the epoch after this
         # hook, so the state is reconciled with them at the first epoch.
@@ -159,33 +176,36 @@ class StochasticWeightAveraging(keras.callbacks.Callback):
             self._enter_swa_phase()
 
     def on_train_batch_begin(self, batch, logs=None):
+        if self._pending is not None:
+            self._update(self._pending)
         if self._rate_per_batch:
             step = self._epoch_step + batch - self._start_step
             self.model.optimizer.learning_rate = float(self.swa_learning_rate(step))
 
     def on_epoch_end(self, epoch, logs=None):
+        # Keras deletes its cached validation iterator before `on_train_end`.
+        self._validation = getattr(self.model, "_eval_epoch_iterator", self._validation)
+        self._validated |= any(key.startswith("val_") for key in logs or {})
         if self._is_averaged(epoch):
-            self._update(epoch)
+            self._record(epoch)
 
     def on_train_end(self, logs=None):
         _unwrap_learning_rate(self.model)
         self._rate_per_batch = False
         if not self._synced:  # resumed after its last epoch: no epoch ran
             self._sync(self.params.get("epochs") or 0)
+        if self._pending is not None:
+            self._update(self._pending)
         if not self.averaged_epochs:
             warnings.warn("StochasticWeightAveraging: no epoch was averaged (averaging "
                           f"starts at epoch {self._start}, training has "
                           f"{self.params.get('epochs')} epochs); the model is unchanged.",
                           stacklevel=2)
             return
-        variables = self.model.weights
-        self.final_weights = self.model.get_weights()
-        for slot, average in zip(self._slots, self._average):
-            variables[slot].assign(average.astype(variables[slot].dtype))
-        if self._bn_layers and self.bn_update_data is not None:
-            _recompute_batch_norm(self.model, self._bn_layers, self.bn_update_data)
-        if self.state_path and os.path.exists(self.state_path):
-            os.remove(self.state_path)
+        self._swap()
+        if self.state_path:
+            _io.remove(self.state_path)
+        self._evaluate(logs)
 
     @contextlib.contextmanager
     def swap_in_final_weights(self):
@@ -215,20 +235,67 @@ class StochasticWeightAveraging(keras.callbacks.Callback):
     def _is_averaged(self, epoch):
         return epoch >= self._start and (epoch - self._start) % self.update_every == 0
 
+    def _record(self, epoch):
+        if _ema_optimizer(self.model) is not None:
+            # `SwapEMAWeights(swap_on_epoch=True)` may have swapped the EMA into
+            # the model at this epoch end, or will after us; before the next
+            # batch (and after `fit` finalizes the EMA) the optimizer holds it.
+            self._pending = epoch
+        else:
+            self._update(epoch)
+
     def _update(self, epoch):
+        self._pending = None
+        if self._ema is None:
+            self._ema = _ema_variables(self.model)
         variables = self.model.weights
-        weights = [np.array(variables[slot].numpy(), np.float64) for slot in self._slots]
-        count = len(self.averaged_epochs)
-        average = weights if self._average is None else [
-            a + (w - a) / (count + 1) for a, w in zip(self._average, weights)]
+        weights = [self._ema.get(id(variables[slot]), variables[slot]).numpy()
+                   for slot in self._slots]
         if self.state_path:
-            self._previous = self._average
-        self._average = average
+            self._previous = self._average.get_state()
+        self._average.update(weights)
         self.averaged_epochs.append(int(epoch))
         if self.state_path:
             self._save_state()
         if self.verbose:
-            print(f"\nEpoch {epoch + 1}: weights averaged ({len(self.averaged_epochs)} epochs).")
+            _io.say(f"\nEpoch {epoch + 1}: weights averaged "
+                    f"({len(self.averaged_epochs)} epochs).")
+
+    def _swap(self):
+        """Puts the average and its BatchNorm statistics in the model, or nothing."""
+        variables, final = self.model.weights, self.model.get_weights()
+        try:
+            for slot, average in zip(self._slots, self._average.average):
+                variables[slot].assign(average.astype(variables[slot].dtype))
+            if self._bn_layers and self.bn_update_data is not None:
+                averaging._update_batch_norm(self.model, self.bn_update_data,
+                                             "bn_update_data")
+        except BaseException:
+            self.model.set_weights(final)
+            raise
+        self.final_weights = final
+
+    def _evaluate(self, logs):
+        """Logs the averaged model's metrics on the fit's validation data."""
+        if self._validation is None:
+            if self._validated:
+                warnings.warn("StochasticWeightAveraging: could not find the validation "
+                              "data of `fit`; the averaged model is not evaluated and "
+                              "`val_*` describe the weights before averaging.",
+                              stacklevel=2)
+            return
+        results = {f"swa_val_{name}": value for name, value in
+                   _evaluate_cached(self.model, self._validation).items()}
+        self._validation = None
+        if logs is not None:
+            logs.update(results)
+        history = getattr(self.model, "history", None)
+        if isinstance(history, keras.callbacks.History):
+            padding = [math.nan] * max(len(history.epoch) - 1, 0)
+            for name, value in results.items():
+                history.history[name] = padding + [value]
+        if self.verbose:
+            _io.say("SWA: " + ", ".join(f"{k}={v:.4f}" for k, v in results.items()))
 
     def _sync(self, epoch):
         """Makes the average cover exactly the averaged epochs before `epoch`."""
@@ -237,7 +304,8 @@ class StochasticWeightAveraging(keras.callbacks.Callback):
         if len(stale) == len(self.averaged_epochs):
             self._reset()
         elif len(stale) == 1 and self._previous is not None:
-            self._average, self._previous = self._previous, None
+            self._average.set_state(self._previous)
+            self._previous = None
             self.averaged_epochs = self.averaged_epochs[:-1]
         elif stale:
             raise RuntimeError(
@@ -249,7 +317,7 @@ class StochasticWeightAveraging(keras.callbacks.Callback):
         if missing == [epoch - 1]:
             # The model holds the weights at the end of epoch - 1 (restored by
             # BackupAndRestore after a stop before our state was written).
-            self._update(epoch - 1)
+            self._record(epoch - 1)
         elif missing:
             warnings.warn(f"StochasticWeightAveraging: training starts at epoch {epoch} "
                           f"without the weights of averaged epochs {missing}; they are "
@@ -276,36 +344,14 @@ class StochasticWeightAveraging(keras.callbacks.Callback):
     # -- resumable state --------------------------------------------------------
 
     def _save_state(self):
-        arrays = {f"average_{i}": a for i, a in enumerate(self._average)}
-        arrays["epochs"] = np.asarray(self.averaged_epochs, np.int64)
-        arrays["start_step"] = np.asarray(-1 if self._start_step is None else self._start_step)
-        if self._previous is not None:
-            arrays.update({f"previous_{i}": a for i, a in enumerate(self._previous)})
-        directory = os.path.dirname(os.path.abspath(self.state_path))
-        os.makedirs(directory, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
-        try:
-            with os.fdopen(handle, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, self.state_path)
-        except BaseException:
-            os.remove(tmp)
-            raise
+        _write_state(self.state_path, self._average.get_state(), self._previous,
+                     self.averaged_epochs, self._start_step)
 
     def _load_state(self):
-        with np.load(self.state_path) as state:
-            count = sum(key.startswith("average_") for key in state.files)
-            average = [state[f"average_{i}"] for i in range(count)]
-            if [a.shape for a in average] != [tuple(self.model.weights[s].shape)
-                                              for s in self._slots]:
-                raise ValueError(f"The SWA state in {self.state_path} does not match the "
-                                 "model's weights; delete it or pass another `state_path`.")
-            self._average = average
-            self.averaged_epochs = [int(e) for e in state["epochs"]]
-            start_step = int(state["start_step"])
-            self._start_step = None if start_step < 0 else start_step
-            if "previous_0" in state.files:
-                self._previous = [state[f"previous_{i}"] for i in range(count)]
+        shapes = [tuple(self.model.weights[s].shape) for s in self._slots]
+        state, self._previous, self.averaged_epochs, self._start_step = _read_state(
+            self.state_path, shapes)
+        self._average.set_state(state)
 
 
 @keras.saving.register_keras_serializable(package="kerastrain", name="SWAPhase")
@@ -342,64 +388,93 @@ def _unwrap_learning_rate(model):
 
 
 def _averaged_slots(model):
-    """Indices into `model.weights` to average, and the BatchNorm layers."""
-    # `_flatten_layers` also finds layers nested in sub-models and layers.
-    bn_layers = [layer for layer in model._flatten_layers(include_self=False)
-                 if isinstance(layer, keras.layers.BatchNormalization)]
-    renorm = [layer.name for layer in bn_layers if layer.renorm]
-    if renorm:
-        raise ValueError(f"BatchNormalization layers {renorm} use renorm=True, whose "
-                         "statistics StochasticWeightAveraging cannot recompute; "
-                         "build them with renorm=False.")
-    excluded = {id(v) for layer in bn_layers
-                for v in (layer.moving_mean, layer.moving_variance)}
+    """Indices into `model.weights` to average, and the BatchNorm layers to
+    recompute."""
+    every, trainable = averaging._batch_norm_layers(model)
+    excluded = {id(v) for layer in every for v in (layer.moving_mean, layer.moving_variance)}
     slots = [i for i, v in enumerate(model.weights)
              if id(v) not in excluded and "float" in str(v.dtype)]
-    return slots, [layer for layer in bn_layers if layer.trainable]
+    return slots, trainable
 
 
-def _recompute_batch_norm(model, layers, data):
-    """Sets BatchNorm moving statistics to the average batch moments on `data`."""
-    # With momentum 0 a training-mode call leaves each batch's moments in the
-    # moving statistics; they are summed on the host, weighted by batch size.
-    @tf.function(reduce_retracing=True)
-    def forward(x):
-        model(x, training=True)
+def _ema_optimizer(model):
+    """The model's optimizer if it keeps an EMA of the weights, else `None`."""
+    optimizer = getattr(model, "optimizer", None)
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # LossScaleOptimizer
+    return optimizer if getattr(optimizer, "use_ema", False) else None
 
-    momenta = [layer.momentum for layer in layers]
-    statistics = [v for layer in layers for v in (layer.moving_mean, layer.moving_variance)]
-    sums, seen = [np.zeros(v.shape, np.float64) for v in statistics], 0
+
+def _ema_variables(model):
+    """`{id(model variable): its EMA variable}` for a `use_ema` optimizer, else `{}`."""
+    optimizer = _ema_optimizer(model)
+    if optimizer is None:
+        return {}
+    return {id(v): average for v, average in zip(optimizer._trainable_variables,
+                                                 optimizer._model_variables_moving_average)}
+
+
+def _readable_batches(data):
+    """`data`, checked to give batches at the end of `fit` (an iterator is
+    read once: one exhausted by an earlier fit is refused now)."""
+    if isinstance(data, tf.data.Dataset):
+        if int(data.cardinality()) == 0:
+            raise ValueError("Invalid value for `bn_update_data`: the dataset yields no "
+                             "batches; pass a non-empty dataset to recompute the "
+                             "BatchNorm statistics.")
+        return data
+    if iter(data) is not data:  # a list or another iterable that can be read again
+        return data
     try:
-        for layer in layers:
-            layer.momentum = 0.0
-        for batch in data:
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            size = int(keras.tree.flatten(x)[0].shape[0])
-            forward(x)
-            seen += size
-            for total, v in zip(sums, statistics):
-                total += size * np.asarray(v.numpy(), np.float64)
+        first = next(data)
+    except StopIteration:
+        raise ValueError(
+            "Invalid value for `bn_update_data`: the iterator is exhausted (a generator "
+            "can be read only once, e.g. by the BatchNorm pass of an earlier fit); pass "
+            "a tf.data.Dataset or a list of batches, which can be read again, or a new "
+            "generator for each fit.") from None
+    return itertools.chain([first], data)
+
+
+def _evaluate_cached(model, iterator):
+    """`model.evaluate` on the iterator `fit` validated with (same steps, batch
+    size and sample weights), through Keras' cached-dataset evaluation."""
+    model._eval_epoch_iterator = iterator
+    try:
+        results = model.evaluate(verbose=0, return_dict=True, _use_cached_eval_dataset=True)
     finally:
-        for layer, momentum in zip(layers, momenta):
-            layer.momentum = momentum
-    if not seen:
-        raise ValueError("`bn_update_data` yielded no batches; pass a non-empty "
-                         "dataset to recompute the BatchNorm statistics.")
-    for total, v in zip(sums, statistics):
-        v.assign((total / seen).astype(v.dtype))
+        del model._eval_epoch_iterator
+    return {name: float(value) for name, value in results.items()}
 
 
-def _check(name, value, ok, expected):
-    if not ok:
-        raise ValueError(f"Invalid value for `{name}`: expected {expected}, "
-                         f"received {name}={value!r}")
+def _write_state(path, state, previous, epochs, start_step):
+    """Writes the resumable state atomically, in the `.npz` layout of 0.1."""
+    arrays = {f"average_{i}": a for i, a in enumerate(state["average"])}
+    arrays["epochs"] = np.asarray(epochs, np.int64)
+    arrays["start_step"] = np.asarray(-1 if start_step is None else start_step)
+    if previous is not None and previous["average"] is not None:
+        arrays.update({f"previous_{i}": a for i, a in enumerate(previous["average"])})
+
+    def write(temporary):
+        with open(temporary, "wb") as f:
+            np.savez(f, **arrays)
+
+    _io.atomic_write(path, write)
 
 
-def _is_int(value, minimum):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) \
-        and value >= minimum
-
-
-def _is_real(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) \
-        and math.isfinite(value)
+def _read_state(path, shapes):
+    """`(state, previous, epochs, start_step)` from `_write_state`'s file."""
+    with tf.io.gfile.GFile(path, "rb") as f:
+        arrays = np.load(io.BytesIO(f.read()))
+    count = sum(key.startswith("average_") for key in arrays.files)
+    average = [arrays[f"average_{i}"] for i in range(count)]
+    if [a.shape for a in average] != shapes:
+        raise ValueError(f"The SWA state in {path} does not match the model's weights; "
+                         "delete it or pass another `state_path`.")
+    epochs = [int(e) for e in arrays["epochs"]]
+    previous = None
+    if "previous_0" in arrays.files:
+        previous = {"count": len(epochs) - 1,
+                    "average": [arrays[f"previous_{i}"] for i in range(count)]}
+    start_step = int(arrays["start_step"])
+    return ({"count": len(epochs), "average": average}, previous, epochs,
+            None if start_step < 0 else start_step)
