@@ -378,8 +378,9 @@ def snapshot_steps(schedule, total_steps):
 def training_callbacks(config, data, schedule, steps_per_epoch, epochs, output_dir):
     """Callbacks for the averaging, logging and resume flags of a config.
 
-    Order matters: SWA and the snapshots see the raw weights at epoch ends and
-    `BackupAndRestore` backs them up before `SwapEMAWeights` swaps the EMA in.
+    Order matters: the snapshots see the raw weights at epoch ends and
+    `BackupAndRestore` backs them up before `SwapEMAWeights` swaps the EMA in
+    (SWA reads the EMA from the optimizer: with `--ema` it averages the EMA).
 
     Returns:
         `(callbacks, swa, snapshot_dir)`: `swa` is the
