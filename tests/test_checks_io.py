@@ -76,3 +76,27 @@ def test_remove_and_read_json(tmp_path):
     _io.remove(tmp_path / "a")
     _io.remove(tmp_path / "missing")
     assert not _io.exists(tmp_path / "a")
+
+
+def test_is_number_keeps_nan_and_inf_but_not_booleans():
+    assert _checks.is_number(float("nan")) and _checks.is_number(np.float32("inf"))
+    assert not _checks.is_number(True) and not _checks.is_number("1")
+    assert not _checks.is_real(float("nan"), finite=False)
+    assert _checks.is_real(float("inf"), finite=False)
+
+
+def test_messages_say_finite_and_show_flags_as_typed():
+    with pytest.raises(ValueError, match=r"^Invalid value for `lr`: expected 0 < lr < inf, "
+                                         r"received lr=inf$"):
+        _checks.check_real("lr", float("inf"), low=0, low_open=True)
+    with pytest.raises(ValueError, match=r"expected -inf < x <= 1, received x=nan"):
+        _checks.check_real("x", float("nan"), high=1)
+    with pytest.raises(ValueError, match=r"^Invalid value for --steps: expected an int >= 1"):
+        _checks.check_int("--steps", 0, minimum=1)
+
+
+def test_jsonable_is_what_read_json_returns(tmp_path):
+    payload = {"space": {"low": np.float32(0.5), "values": ("a", "b")}, "n": np.int64(3)}
+    _io.write_json(tmp_path / "s.json", payload)
+    assert _io.jsonable(payload) == _io.read_json(tmp_path / "s.json")
+
