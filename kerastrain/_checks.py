@@ -12,8 +12,10 @@ import numbers
 
 
 def fail(name, value, expected):
-    """Raises the standard `ValueError` for argument `name`."""
-    raise ValueError(f"Invalid value for `{name}`: expected {expected}, "
+    """Raises the standard `ValueError` for argument `name` (a recipe's flag
+    as `--name`, shown as it is typed)."""
+    shown = name if name.startswith("--") else f"`{name}`"
+    raise ValueError(f"Invalid value for {shown}: expected {expected}, "
                      f"received {name}={value!r}")
 
 
@@ -29,10 +31,16 @@ def is_int(value):
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def is_number(value):
+    """True for real numbers, NaN and +-inf included (what a metric may be),
+    False for booleans. Arguments want `is_real`."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def is_real(value, finite=True):
-    """True for real numbers (ints included), False for booleans; with
-    `finite`, also False for NaN and +-inf."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    """True for real numbers (ints included) other than NaN, False for
+    booleans; with `finite`, also False for +-inf."""
+    if not is_number(value):
         return False
     return math.isfinite(value) if finite else not math.isnan(value)
 
@@ -63,7 +71,7 @@ def check_real(name, value, low=None, high=None, *, low_open=False,
     if ok and high is not None:
         ok = value < high if high_open else value <= high
     if not ok:
-        fail(name, value, _real_range(name, low, high, low_open, high_open))
+        fail(name, value, _real_range(name, low, high, low_open, high_open, finite))
     return float(value)
 
 
@@ -91,12 +99,11 @@ def _int_range(minimum, maximum):
     return "an int"
 
 
-def _real_range(name, low, high, low_open, high_open):
-    kind = "a finite number" if low is None and high is None else None
-    parts = []
-    if low is not None:
-        parts.append(f"{low} {'<' if low_open else '<='} ")
-    parts.append(name)
-    if high is not None:
-        parts.append(f" {'<' if high_open else '<='} {high}")
-    return kind or "".join(parts)
+def _real_range(name, low, high, low_open, high_open, finite):
+    if low is None and high is None:
+        return "a finite number" if finite else "a number"
+    # A finite check shows its open end, so that `inf` is seen to be out.
+    unbounded = ("-inf < ", " < inf") if finite else ("", "")
+    lower = unbounded[0] if low is None else f"{low} {'<' if low_open else '<='} "
+    upper = unbounded[1] if high is None else f" {'<' if high_open else '<='} {high}"
+    return f"{lower}{name}{upper}"

@@ -97,8 +97,13 @@ def write_text(path, text):
 def write_json(path, payload):
     """Writes `payload` as indented, key-sorted JSON atomically; NumPy
     scalars become numbers, anything else unknown its `str`."""
-    return write_text(path, json.dumps(payload, indent=2, sort_keys=True,
-                                       default=_jsonable) + "\n")
+    return write_text(path, _dumps(payload))
+
+
+def jsonable(payload):
+    """`payload` as `read_json` reads back what `write_json` wrote: plain
+    dicts, lists, strings and numbers (to compare with a saved file)."""
+    return json.loads(_dumps(payload))
 
 
 def read_json(path):
@@ -109,6 +114,10 @@ def read_json(path):
 def say(message):
     """Prints a line for the user the way Keras' callbacks do."""
     io_utils.print_msg(message)
+
+
+def _dumps(payload):
+    return json.dumps(payload, indent=2, sort_keys=True, default=_jsonable) + "\n"
 
 
 def _jsonable(value):

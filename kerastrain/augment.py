@@ -17,12 +17,12 @@ when seeded.
 """
 
 import math
-import numbers
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from kerastrain import _checks
 from kerastrain import plots
 
 POLICIES = {
@@ -48,27 +48,6 @@ _RGB_TO_YIQ = np.array(
 _YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ)
 
 
-def _check_range(name, value, low, high, high_open=False):
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    ok = ok and low <= value and (value < high if high_open else value <= high)
-    if not ok:
-        upper = "<" if high_open else "<="
-        raise ValueError(
-            f"Invalid value for `{name}`: expected {low} <= {name} {upper} "
-            f"{high}, received {name}={value!r}"
-        )
-    return float(value)
-
-
-def _check_choice(name, value, choices):
-    if value not in choices:
-        raise ValueError(
-            f"Invalid value for `{name}`: expected one of {list(choices)}, "
-            f"received {name}={value!r}"
-        )
-    return value
-
-
 def _normalize_jitter(color_jitter):
     if color_jitter is None:
         return None
@@ -92,7 +71,8 @@ def _normalize_jitter(color_jitter):
             f"expected keys among {list(_JITTER_BOUNDS)}"
         )
     return {
-        key: _check_range(f"color_jitter['{key}']", color_jitter.get(key, 0.0), 0.0, bound)
+        key: _checks.check_real(f"color_jitter['{key}']", color_jitter.get(key, 0.0),
+                                0.0, bound)
         for key, bound in _JITTER_BOUNDS.items()
     }
 
@@ -216,8 +196,8 @@ class Augmentation:
         fill_value: value used outside the image with `fill_mode="constant"`.
             Defaults to `0.0`.
         interpolation: `"bilinear"` or `"nearest"`. Defaults to `"bilinear"`.
-        seed: int or `None`. The same seed gives the same augmented batches.
-            Defaults to `None`.
+        seed: an int >= 0 or `None`. The same seed gives the same augmented
+            batches. Defaults to `None`.
 
     Example:
 
@@ -228,19 +208,17 @@ class Augmentation:
     def __init__(self, flip=True, rotate=0.0, stretch=0.0, shear=0.0, translate=0.0,
                  color_jitter=None, fill_mode="reflect", fill_value=0.0,
                  interpolation="bilinear", seed=None):
-        if not isinstance(flip, bool):
-            raise ValueError(f"Invalid value for `flip`: expected True or False, received flip={flip!r}")
-        self.flip = flip
-        self.rotate = _check_range("rotate", rotate, 0.0, 180.0)
-        self.stretch = _check_range("stretch", stretch, 0.0, 1.0, high_open=True)
-        self.shear = _check_range("shear", shear, 0.0, 45.0, high_open=True)
-        self.translate = _check_range("translate", translate, 0.0, 0.5)
+        self.flip = _checks.check("flip", flip, isinstance(flip, bool), "True or False")
+        self.rotate = _checks.check_real("rotate", rotate, 0.0, 180.0)
+        self.stretch = _checks.check_real("stretch", stretch, 0.0, 1.0, high_open=True)
+        self.shear = _checks.check_real("shear", shear, 0.0, 45.0, high_open=True)
+        self.translate = _checks.check_real("translate", translate, 0.0, 0.5)
         self.color_jitter = _normalize_jitter(color_jitter)
-        self.fill_mode = _check_choice("fill_mode", fill_mode, _FILL_MODES)
-        self.fill_value = _check_range("fill_value", fill_value, 0.0, 255.0)
-        self.interpolation = _check_choice("interpolation", interpolation, _INTERPOLATIONS)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
-            raise ValueError(f"Invalid value for `seed`: expected an int or None, received seed={seed!r}")
+        self.fill_mode = _checks.check_choice("fill_mode", fill_mode, _FILL_MODES)
+        self.fill_value = _checks.check_real("fill_value", fill_value, 0.0, 255.0)
+        self.interpolation = _checks.check_choice("interpolation", interpolation,
+                                                  _INTERPOLATIONS)
+        _checks.check_seed("seed", seed)
         self.seed = None if seed is None else int(seed)
         self._generator = None
         # XLA fuses the whole chain into a few loops; compiled once per shape.
@@ -249,7 +227,7 @@ class Augmentation:
     @classmethod
     def from_policy(cls, name, seed=None):
         """Builds a preset: `"none"`, `"light"`, `"standard"` or `"heavy"`."""
-        _check_choice("name", name, POLICIES)
+        _checks.check_choice("name", name, POLICIES)
         return cls(**POLICIES[name], seed=seed)
 
     def get_config(self):
@@ -399,8 +377,7 @@ def preview(dataset_or_images, path, n=16, augmentation=None, seed=0):
     Returns:
         `path`.
     """
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-        raise ValueError(f"Invalid value for `n`: expected an int >= 1, received n={n!r}")
+    _checks.check_int("n", n, minimum=1)
     if augmentation is None or isinstance(augmentation, str):
         augmentation = Augmentation.from_policy(augmentation or "standard", seed=seed)
     if not isinstance(augmentation, Augmentation):

@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from kerastrain import _tfds
+from kerastrain import _checks, _tfds
 from kerastrain._tfds import DataNotPreparedError  # noqa: F401 (re-exported)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
@@ -101,16 +101,11 @@ def load(spec="cifar10_mini", *, image_size=None, batch_size=64, classes=None,
     ```
     """
     image_size = _check_image_size(image_size)
-    _check_int("batch_size", batch_size, minimum=1)
-    _check_int("seed", seed, minimum=0)
+    _checks.check_int("batch_size", batch_size, minimum=1)
+    _checks.check_int("seed", seed, minimum=0)
     if labels_per_class is not None:
-        _check_int("labels_per_class", labels_per_class, minimum=1)
-    if isinstance(validation_fraction, bool) or not (
-            isinstance(validation_fraction, (int, float, np.floating))
-            and 0 <= validation_fraction < 1):
-        raise ValueError("Invalid value for `validation_fraction`: expected 0 <= "
-                         "validation_fraction < 1, received "
-                         f"validation_fraction={validation_fraction!r}")
+        _checks.check_int("labels_per_class", labels_per_class, minimum=1)
+    _checks.check_real("validation_fraction", validation_fraction, 0, 1, high_open=True)
     classes = _check_classes(classes)
 
     class_names, splits = _read_spec(spec, image_size, seed, data_dir)
@@ -152,21 +147,12 @@ def load(spec="cifar10_mini", *, image_size=None, batch_size=64, classes=None,
     )
 
 
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
-            or value < minimum:
-        raise ValueError(f"Invalid value for `{name}`: expected an int >= "
-                         f"{minimum}, received {name}={value!r}")
-
-
 def _check_image_size(image_size):
     if image_size is None:
         return None
-    size = (image_size,) * 2 if isinstance(image_size, (int, np.integer)) \
-        else image_size
+    size = (image_size,) * 2 if _checks.is_int(image_size) else image_size
     if not (isinstance(size, (tuple, list)) and len(size) == 2 and all(
-            isinstance(s, (int, np.integer)) and not isinstance(s, bool)
-            and s >= 1 for s in size)):
+            _checks.is_int(s) and s >= 1 for s in size)):
         raise ValueError("Invalid value for `image_size`: expected None, an int "
                          f">= 1 or (height, width), received image_size={image_size!r}")
     return int(size[0]), int(size[1])

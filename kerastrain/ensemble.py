@@ -10,12 +10,13 @@ evaluation. `Ensemble` is a `keras.Model`: `compile`, `evaluate`, `predict`,
 """
 
 import json
-import math
 import os
 
 import keras
 import numpy as np
 import tensorflow as tf
+
+from kerastrain import _checks
 
 _COMBINE_MODES = ("mean_probs", "mean_logits")
 _MANIFEST = "manifest.json"
@@ -63,9 +64,7 @@ class Ensemble(keras.Model):
                  **kwargs):
         models = _check_models(models)
         weights = _check_weights(weights, len(models))
-        if combine not in _COMBINE_MODES:
-            raise ValueError(f"Invalid value for `combine`: expected one of "
-                             f"{_COMBINE_MODES}, received combine={combine!r}")
+        _checks.check_choice("combine", combine, _COMBINE_MODES)
         super().__init__(name=name, **kwargs)
         self.members = models
         self.member_weights = weights
@@ -249,18 +248,15 @@ def _shape(model, kind):
 def _check_weights(weights, count):
     if weights is None:
         return tuple([1.0 / count] * count)
-    try:
-        weights = [float(w) for w in weights]
-    except (TypeError, ValueError):
-        raise ValueError("Invalid value for `weights`: expected a list of numbers, "
-                         f"received weights={weights!r}") from None
-    if len(weights) != count:
-        raise ValueError(f"Invalid value for `weights`: expected {count} weights "
-                         f"(one per model), received weights={weights}")
-    if not all(math.isfinite(w) and w > 0 for w in weights):
-        raise ValueError("Invalid value for `weights`: expected finite positive "
-                         f"numbers, received weights={weights}")
-    return tuple(w / sum(weights) for w in weights)
+    values = list(weights) if hasattr(weights, "__iter__") else [weights]
+    _checks.check("weights", weights, all(_checks.is_number(w) for w in values),
+                  "a list of numbers")
+    _checks.check("weights", weights, len(values) == count,
+                  f"{count} weights (one per model)")
+    _checks.check("weights", weights, all(_checks.is_real(w) and w > 0 for w in values),
+                  "finite positive numbers")
+    total = sum(values)
+    return tuple(float(w) / total for w in values)
 
 
 def _member_files(path):

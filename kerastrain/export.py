@@ -18,6 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kerastrain import _checks
 from kerastrain.ensemble import _input_shape, _outputs_probabilities
 
 CLASS_NAMES_FILE = "class_names.txt"
@@ -76,9 +77,7 @@ def export_saved_model(model, path, class_names, *, outputs="auto",
         raise ValueError("Invalid value for `model`: expected a built keras.Model "
                          "(call it on a batch of images first), received "
                          f"model={model!r}")
-    if outputs not in _OUTPUTS:
-        raise ValueError(f"Invalid value for `outputs`: expected one of {_OUTPUTS}, "
-                         f"received outputs={outputs!r}")
+    _checks.check_choice("outputs", outputs, _OUTPUTS)
     class_names = _check_class_names(class_names, model)
     image_size = _check_image_size(image_size, model)
     if os.path.lexists(path) and not overwrite:
@@ -254,8 +253,7 @@ def _check_image_size(image_size, model):
                              "size is not fixed, so pass image_size=(height, width).")
         return model_size
     if (not isinstance(image_size, (list, tuple)) or len(image_size) != 2 or not all(
-            isinstance(s, int) and not isinstance(s, bool) and s > 0
-            for s in image_size)):
+            _checks.is_int(s) and s > 0 for s in image_size)):
         raise ValueError("Invalid value for `image_size`: expected (height, width) "
                          f"positive integers, received image_size={image_size!r}")
     image_size = tuple(image_size)

@@ -8,10 +8,10 @@ dropout layers on while every other layer (BatchNorm in particular) stays in
 inference mode.
 """
 
-import numbers
-
 import keras
 import numpy as np
+
+from kerastrain import _checks
 
 # The layers `mc_predict` switches on: their `training=True` behaviour is to
 # sample a random mask. `Dropout` covers SpatialDropout1D/2D/3D too.
@@ -45,7 +45,7 @@ class InvertedDropout(keras.layers.Layer):
             `None` entries take the input's size. For NHWC feature maps,
             `(None, 1, 1, channels)` drops whole channels. Defaults to `None`
             (one independent draw per unit).
-        seed: integer seed of the mask stream. Defaults to `None`.
+        seed: seed of the mask stream, an int >= 0. Defaults to `None`.
         mc: if `True`, drop units at inference too. Defaults to `False`.
         **kwargs: base `keras.layers.Layer` arguments (`name`, `dtype`...).
 
@@ -57,20 +57,9 @@ class InvertedDropout(keras.layers.Layer):
 
     def __init__(self, rate, noise_shape=None, seed=None, mc=False, **kwargs):
         super().__init__(**kwargs)
-        if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not (
-            0 <= rate < 1
-        ):
-            raise ValueError(
-                "Invalid value for `rate`: expected 0 <= rate < 1, "
-                f"received rate={rate!r}"
-            )
-        _check_seed(seed)
-        if not isinstance(mc, bool):
-            raise ValueError(
-                f"Invalid value for `mc`: expected True or False, received "
-                f"mc={mc!r}"
-            )
-        self.rate = float(rate)
+        self.rate = _checks.check_real("rate", rate, 0, 1, high_open=True)
+        _checks.check_seed("seed", seed)
+        _checks.check("mc", mc, isinstance(mc, bool), "True or False")
         self.noise_shape = _check_noise_shape(noise_shape)
         self.seed = None if seed is None else int(seed)
         self.mc = mc
@@ -130,8 +119,9 @@ def mc_predict(model, x, samples=30, batch_size=None, seed=None):
         samples: number of dropout masks, `>= 2`. Defaults to `30`.
         batch_size: number of inputs per forward pass. Defaults to `None`
             (32).
-        seed: integer seed for the masks: dropout layer `i` of the clone gets
-            seed `seed + i`. Defaults to `None` (the layers' own seeds).
+        seed: seed for the masks, an int >= 0: dropout layer `i` of the
+            clone gets seed `seed + i`. Defaults to `None` (the layers' own
+            seeds).
 
     Returns:
         `(mean, std)`, NumPy arrays shaped like `model.predict(x)` (nested
@@ -146,17 +136,10 @@ def mc_predict(model, x, samples=30, batch_size=None, seed=None):
     >>> mean, std = mc_predict(model, images, samples=50)
     >>> uncertain = std.max(axis=-1) > 0.2
     """
-    if not _is_int(samples) or samples < 2:
-        raise ValueError(
-            "Invalid value for `samples`: expected an integer >= 2 (one "
-            f"sample has no spread), received samples={samples!r}"
-        )
-    if batch_size is not None and (not _is_int(batch_size) or batch_size < 1):
-        raise ValueError(
-            "Invalid value for `batch_size`: expected a positive integer or "
-            f"None, received batch_size={batch_size!r}"
-        )
-    _check_seed(seed)
+    _checks.check_int("samples", samples, minimum=2)  # one sample has no spread
+    if batch_size is not None:
+        _checks.check_int("batch_size", batch_size, minimum=1)
+    _checks.check_seed("seed", seed)
     dropout = [layer for layer in _walk(model) if _is_dropout(layer)]
     if not dropout:
         raise ValueError(
@@ -251,18 +234,6 @@ def _walk(layer):
         yield from _walk(sublayer)
 
 
-def _is_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _check_seed(seed):
-    if seed is not None and not _is_int(seed):
-        raise ValueError(
-            "Invalid value for `seed`: expected an integer or None, "
-            f"received seed={seed!r}"
-        )
-
-
 def _check_noise_shape(noise_shape):
     if noise_shape is None:
         return None
@@ -275,7 +246,7 @@ def _check_noise_shape(noise_shape):
         )
     noise_shape = tuple(noise_shape)
     for dim in noise_shape:
-        if dim is not None and (not _is_int(dim) or dim <= 0):
+        if dim is not None and not (_checks.is_int(dim) and dim > 0):
             raise ValueError(
                 "Invalid value for `noise_shape`: every entry must be a "
                 f"positive integer or None, received noise_shape={noise_shape}"

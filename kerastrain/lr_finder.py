@@ -21,11 +21,12 @@ Networks", WACV 2017, section 3.3.
 
 import dataclasses
 import math
-import numbers
 import warnings
 
 import keras
 import numpy as np
+
+from kerastrain import _checks
 
 _STOP_REASONS = ("completed", "diverged", "non_finite")
 
@@ -87,8 +88,9 @@ def find_learning_rate(model, dataset, min_lr=1e-7, max_lr=10.0, steps=100,
         model: a compiled `keras.Model`; its optimizer and loss are used.
         dataset: a batched `tf.data.Dataset` (or another re-iterable) yielding
             `(x, y)` or `(x, y, sample_weight)`.
-        min_lr: first learning rate, > 0. Defaults to `1e-7`.
-        max_lr: last learning rate, > `min_lr`. Defaults to `10.0`.
+        min_lr: first learning rate, finite and > 0. Defaults to `1e-7`.
+        max_lr: last learning rate, finite and > `min_lr`. Defaults to
+            `10.0`.
         steps: number of learning rates (batches) in the sweep, >= 5.
             Defaults to `100`.
         smoothing: momentum `beta` of the loss moving average (the early
@@ -156,7 +158,8 @@ def suggest_learning_rate(learning_rates, losses, skip_start=0.1, window=0.3):
     minimum when the fitted loss never decreases after the skipped head.
 
     Args:
-        learning_rates: increasing positive learning rates, >= 5 of them.
+        learning_rates: increasing, finite, positive learning rates, >= 5
+            of them.
         losses: the loss at each learning rate, finite; raw batch losses
             (or a zero-lag smoothing of them).
         skip_start: fraction of leading points to ignore, in `[0, 0.5)`.
@@ -175,12 +178,8 @@ def suggest_learning_rate(learning_rates, losses, skip_start=0.1, window=0.3):
     lrs = np.asarray(learning_rates, dtype=np.float64)
     losses = np.asarray(losses, dtype=np.float64)
     _check_curve(lrs, losses)
-    if not 0 <= skip_start < 0.5:
-        raise ValueError("Invalid value for `skip_start`: expected 0 <= skip_start "
-                         f"< 0.5, received skip_start={skip_start}")
-    if not 0 < window <= 1:
-        raise ValueError("Invalid value for `window`: expected 0 < window <= 1, "
-                         f"received window={window}")
+    _checks.check_real("skip_start", skip_start, 0, 0.5, high_open=True)
+    _checks.check_real("window", window, 0, 1, low_open=True)
     n = len(losses)
     start = int(skip_start * n)
     half = max(2, int(round(window * n / 2)))
@@ -311,30 +310,17 @@ def _check_curve(lrs, losses):
         raise ValueError(
             "Invalid curve: expected 1-D `learning_rates` and `losses` "
             f"of the same length >= 5, received shapes {lrs.shape} and {losses.shape}")
-    if not (np.all(lrs > 0) and np.all(np.diff(lrs) > 0)):
-        raise ValueError("Invalid value for `learning_rates`: expected positive, "
-                         "strictly increasing values.")
+    if not (np.all(np.isfinite(lrs)) and np.all(lrs > 0) and np.all(np.diff(lrs) > 0)):
+        raise ValueError("Invalid value for `learning_rates`: expected finite, "
+                         "positive, strictly increasing values.")
     if not np.all(np.isfinite(losses)):
         raise ValueError("Invalid value for `losses`: expected finite values.")
 
 
 def _check_arguments(min_lr, max_lr, steps, smoothing, diverge_factor):
-    if not (_is_real(min_lr) and min_lr > 0):
-        raise ValueError(f"Invalid value for `min_lr`: expected min_lr > 0, "
-                         f"received min_lr={min_lr}")
-    if not (_is_real(max_lr) and max_lr > min_lr):
-        raise ValueError(f"Invalid value for `max_lr`: expected max_lr > min_lr="
-                         f"{min_lr}, received max_lr={max_lr}")
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 5:
-        raise ValueError(f"Invalid value for `steps`: expected an int >= 5, "
-                         f"received steps={steps!r}")
-    if not (_is_real(smoothing) and 0 <= smoothing < 1):
-        raise ValueError(f"Invalid value for `smoothing`: expected 0 <= smoothing "
-                         f"< 1, received smoothing={smoothing}")
-    if not (_is_real(diverge_factor) and diverge_factor > 1):
-        raise ValueError(f"Invalid value for `diverge_factor`: expected "
-                         f"diverge_factor > 1, received diverge_factor={diverge_factor}")
-
-
-def _is_real(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    _checks.check_real("min_lr", min_lr, low=0, low_open=True)
+    _checks.check("max_lr", max_lr, _checks.is_real(max_lr) and max_lr > min_lr,
+                  f"min_lr={min_lr} < max_lr < inf")
+    _checks.check_int("steps", steps, minimum=5)
+    _checks.check_real("smoothing", smoothing, 0, 1, high_open=True)
+    _checks.check_real("diverge_factor", diverge_factor, low=1, low_open=True)

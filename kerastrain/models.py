@@ -7,6 +7,7 @@ instead of each defining its own.
 
 import keras
 
+from kerastrain import _checks
 from kerastrain.layers import InvertedDropout
 
 
@@ -51,9 +52,9 @@ def small_cnn(
     >>> model.output_shape
     (None, 10)
     """
-    _check_positive_int("num_classes", num_classes)
-    _check_positive_int("width", width)
-    _check_positive_int("blocks", blocks)
+    _checks.check_int("num_classes", num_classes, minimum=1)
+    _checks.check_int("width", width, minimum=1)
+    _checks.check_int("blocks", blocks, minimum=1)
     inputs = keras.Input(shape=input_shape, name="images")
     x = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
     filters = width
@@ -83,10 +84,3 @@ def small_cnn(
     )(x)
     return keras.Model(inputs, outputs, name=name)
 
-
-def _check_positive_int(name, value):
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(
-            f"Invalid value for `{name}`: expected a positive integer, "
-            f"received {name}={value!r}"
-        )

@@ -9,11 +9,10 @@ optimizer before Keras sees it.
 """
 
 import inspect
-import math
-import numbers
 
 import keras
 
+from kerastrain import _checks
 from kerastrain import schedules
 
 # Our names for the textbook variants -> (Keras class name, default arguments).
@@ -28,19 +27,21 @@ _VARIANTS = {
 }
 # Keras optimizers that wrap other optimizers cannot be built from a name.
 _WRAPPERS = ("Optimizer", "LossScaleOptimizer", "MultiOptimizer")
-# Hyper-parameter -> (check, expected range in words), for those a class has.
+# Hyper-parameter -> its bounds (`kerastrain._checks.check_real`), for those a class has.
+_FRACTION = dict(low=0, high=1, high_open=True)
+_POSITIVE = dict(low=0, low_open=True)
 _RANGES = {
-    "momentum": (lambda v: 0 <= v < 1, "0 <= momentum < 1"),
-    "beta_1": (lambda v: 0 <= v < 1, "0 <= beta_1 < 1"),
-    "beta_2": (lambda v: 0 <= v < 1, "0 <= beta_2 < 1"),
-    "rho": (lambda v: 0 <= v < 1, "0 <= rho < 1"),
-    "ema_momentum": (lambda v: 0 <= v < 1, "0 <= ema_momentum < 1"),
-    "epsilon": (lambda v: v > 0, "epsilon > 0"),
-    "weight_decay": (lambda v: v >= 0, "weight_decay >= 0"),
-    "clipnorm": (lambda v: v > 0, "clipnorm > 0"),
-    "clipvalue": (lambda v: v > 0, "clipvalue > 0"),
-    "global_clipnorm": (lambda v: v > 0, "global_clipnorm > 0"),
-    "initial_accumulator_value": (lambda v: v >= 0, "initial_accumulator_value >= 0"),
+    "momentum": _FRACTION,
+    "beta_1": _FRACTION,
+    "beta_2": _FRACTION,
+    "rho": _FRACTION,
+    "ema_momentum": _FRACTION,
+    "epsilon": _POSITIVE,
+    "weight_decay": dict(low=0),
+    "clipnorm": _POSITIVE,
+    "clipvalue": _POSITIVE,
+    "global_clipnorm": _POSITIVE,
+    "initial_accumulator_value": dict(low=0),
 }
 
 
@@ -59,8 +60,8 @@ def build(name, learning_rate=None, **kwargs):
         name: optimizer name, or a config dict `{"name": ..., "learning_rate":
             ..., **kwargs}` (`build(config)`), or a `keras.optimizers.Optimizer`,
             returned as it is.
-        learning_rate: a float > 0, a `LearningRateSchedule`, or a schedule
-            config dict for `kerastrain.schedules.get` (e.g. `{"name":
+        learning_rate: a finite float > 0, a `LearningRateSchedule`, or a
+            schedule config dict for `kerastrain.schedules.get` (e.g. `{"name":
             "one_cycle", "max_lr": 0.1, "total_steps": 1000}`). Defaults to
             `None`: the Keras class's default (0.01 for SGD, 0.001 for the rest).
         **kwargs: arguments of the chosen Keras optimizer class.
@@ -96,9 +97,7 @@ def build(name, learning_rate=None, **kwargs):
     kwargs = {**defaults, **kwargs}
     for key, value in kwargs.items():
         if key in _RANGES and value is not None:
-            ok, expected = _RANGES[key]
-            _check(key, value, _is_real(value) and ok(value), expected)
-            kwargs[key] = float(value)
+            kwargs[key] = _checks.check_real(key, value, **_RANGES[key])
     if name.lower() == "nesterov" and not kwargs.get("nesterov"):
         raise ValueError("Invalid value for `nesterov`: optimizer 'nesterov' needs "
                          "nesterov=True; use 'momentum' for classical momentum")
@@ -146,17 +145,6 @@ def _learning_rate(value):
         value = schedules.get(value)
     if isinstance(value, keras.optimizers.schedules.LearningRateSchedule):
         return value
-    _check("learning_rate", value, _is_real(value) and value > 0,
-           "a float > 0, a LearningRateSchedule or a schedule config dict")
+    _checks.check("learning_rate", value, _checks.is_real(value) and value > 0,
+                  "a finite float > 0, a LearningRateSchedule or a schedule config dict")
     return float(value)
-
-
-def _is_real(value):
-    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
-            and math.isfinite(value))
-
-
-def _check(name, value, ok, expected):
-    if not ok:
-        raise ValueError(f"Invalid value for `{name}`: expected {expected}, "
-                         f"received {name}={value!r}")

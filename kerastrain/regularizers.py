@@ -7,11 +7,11 @@ with, so setting `layer.kernel_regularizer` on a built model (a pretrained
 matching layer config and copies the trained weights over.
 """
 
-import math
-import numbers
 import warnings
 
 import keras
+
+from kerastrain import _checks
 
 # Weight attribute -> layer constructor argument(s) holding its regularizer,
 # where the argument is not simply f"{attribute}_regularizer".
@@ -50,18 +50,8 @@ class ElasticNet(keras.regularizers.L1L2):
     """
 
     def __init__(self, strength, l1_ratio):
-        if not (_is_real(strength) and math.isfinite(strength)) or strength < 0:
-            raise ValueError(
-                "Invalid value for `strength`: expected a finite number >= 0, "
-                f"received strength={strength!r}"
-            )
-        if not _is_real(l1_ratio) or not 0 <= l1_ratio <= 1:
-            raise ValueError(
-                "Invalid value for `l1_ratio`: expected 0 <= l1_ratio <= 1, "
-                f"received l1_ratio={l1_ratio!r}"
-            )
-        self.strength = float(strength)
-        self.l1_ratio = float(l1_ratio)
+        self.strength = _checks.check_real("strength", strength, low=0)
+        self.l1_ratio = _checks.check_real("l1_ratio", l1_ratio, 0, 1)
         super().__init__(
             l1=self.strength * self.l1_ratio,
             l2=self.strength * (1.0 - self.l1_ratio),
@@ -229,6 +219,3 @@ def _check_include(include):
 def _is_functional(model):
     return type(model).__name__ == "Functional"
 
-
-def _is_real(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)

@@ -29,14 +29,13 @@ Example:
 
 import csv
 import dataclasses
-import json
+import io
 import math
-import numbers
 import os
-import tempfile
 
 import keras_tuner
 
+from kerastrain import _checks, _io
 from kerastrain import plots
 
 
@@ -119,7 +118,7 @@ def int_range(low, high, log=False):
     Returns:
         A `Parameter`.
     """
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (low, high)):
+    if not all(_checks.is_int(v) for v in (low, high)):
         raise ValueError(f"Invalid value for `low`/`high`: int_range needs integers, "
                          f"received low={low!r}, high={high!r}")
     low, high = _check_bounds("int_range", low, high)
@@ -186,8 +185,7 @@ def load_space(space):
         A dict `{setting name: Parameter}`.
     """
     if isinstance(space, (str, os.PathLike)):
-        with open(space) as f:
-            space = json.load(f)
+        space = _io.read_json(space)
     if not isinstance(space, dict) or not space:
         raise ValueError("Invalid value for `space`: expected a non-empty dict "
                          f"{{name: parameter}}, received {space!r}")
@@ -272,16 +270,10 @@ def random_search(train_fn, space, trials, output_dir, *, base_config=None,
     """
     space = load_space(space)
     base_config = dict(base_config or {})
-    if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
-        raise ValueError(f"Invalid value for `trials`: expected an int >= 1, "
-                         f"received {trials!r}")
-    if max_consecutive_failures is not None and not (
-            isinstance(max_consecutive_failures, int) and max_consecutive_failures >= 1):
-        raise ValueError("Invalid value for `max_consecutive_failures`: expected None or "
-                         f"an int >= 1, received {max_consecutive_failures!r}")
-    if direction not in ("max", "min"):
-        raise ValueError(f"Invalid value for `direction`: expected 'max' or 'min', "
-                         f"received {direction!r}")
+    _checks.check_int("trials", trials, minimum=1)
+    if max_consecutive_failures is not None:
+        _checks.check_int("max_consecutive_failures", max_consecutive_failures, minimum=1)
+    _checks.check_choice("direction", direction, ("max", "min"))
     unknown = sorted(set(space) - set(base_config)) if base_config else []
     if unknown:
         raise ValueError(f"Invalid value for `space`: {unknown} are not settings of "
@@ -318,10 +310,10 @@ class _Tuner(keras_tuner.RandomSearch):
     def run_trial(self, trial, *args, **kwargs):
         directory = self.get_trial_dir(trial.trial_id)
         config = {**self._base_config, **trial.hyperparameters.values, "output_dir": directory}
-        _write_json(os.path.join(directory, "config.json"), config)
+        _io.write_json(os.path.join(directory, "config.json"), config)
         metrics = self._train_fn(config)
         score = metrics.get(self._objective_name) if isinstance(metrics, dict) else None
-        if not _is_number(score):
+        if not _checks.is_number(score):
             # Not the trial's fault: no trial could be ranked, so stop at once.
             raise keras_tuner.errors.FatalError(
                 f"`train_fn` must return a dict holding the objective "
@@ -330,8 +322,8 @@ class _Tuner(keras_tuner.RandomSearch):
                 "no validation split).")
         if not math.isfinite(score):
             raise RuntimeError(f"The objective {self._objective_name} is {score}.")
-        _write_json(os.path.join(directory, "metrics.json"), metrics)
-        return {k: float(v) for k, v in metrics.items() if _is_number(v)}
+        _io.write_json(os.path.join(directory, "metrics.json"), metrics)
+        return {k: float(v) for k, v in metrics.items() if _checks.is_number(v)}
 
 
 def _hyperparameters(space):
@@ -345,22 +337,18 @@ def _seed_state(seed, size):
     # KerasTuner seeds each draw with a counter starting at the oracle's seed;
     # spacing searches `size` apart keeps `sample(space, s)` free of overlap.
     # The oracle takes a seed of 0 for "unseeded", hence the `+ 1`.
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"Invalid value for `seed`: expected an int >= 0, received {seed!r}")
-    return (seed + 1) * size
+    return (_checks.check_int("seed", seed, minimum=0) + 1) * size
 
 
 def _check_resume(output_dir, settings):
     path = os.path.join(output_dir, "search.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
-        changed = _differences(saved, json.loads(json.dumps(settings, default=_plain)))
+    if _io.exists(path):
+        changed = _differences(_io.read_json(path), _io.jsonable(settings))
         if changed:
             raise ValueError(
                 f"{output_dir} holds a search with other settings ({', '.join(changed)}); "
                 "resume it with the same settings, or choose a new `output_dir`.")
-    _write_json(path, settings)
+    _io.write_json(path, settings)
 
 
 def _differences(saved, settings):
@@ -381,8 +369,7 @@ def _collect(tuner, objective, direction):
         directory = tuner.get_trial_dir(trial.trial_id)
         metrics, score, error = {}, None, None
         if trial.status == "COMPLETED":
-            with open(os.path.join(directory, "metrics.json")) as f:
-                metrics = json.load(f)
+            metrics = _io.read_json(os.path.join(directory, "metrics.json"))
             score = float(metrics[objective])
         elif trial.message:
             error = trial.message.strip().splitlines()[-1]
@@ -398,20 +385,20 @@ def _collect(tuner, objective, direction):
 def _write_results(results, space, output_dir, objective, direction):
     names = list(space)
     extra = sorted({k for r in results for k, v in r.metrics.items()
-                    if k != objective and _is_number(v)})
+                    if k != objective and _checks.is_number(v)})
     header = ["rank", "trial", "status", objective, *names, *extra, "error"]
     rows = [[rank, r.trial_id, r.status, r.score, *(r.values.get(n) for n in names),
              *(r.metrics.get(k) for k in extra), r.error or ""]
             for rank, r in enumerate(results, 1)]
-    with open(os.path.join(output_dir, "results.csv"), "w", newline="") as f:
-        csv.writer(f).writerows([header, *rows])
+    table = io.StringIO()
+    csv.writer(table).writerows([header, *rows])
+    _io.write_text(os.path.join(output_dir, "results.csv"), table.getvalue())
     short = header[:4 + len(names)] + ["error"]
     lines = ["| " + " | ".join(short) + " |", "|" + " --- |" * len(short)]
     for row in rows:
         cells = row[:4 + len(names)] + [row[-1]]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
-    with open(os.path.join(output_dir, "results.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    _io.write_text(os.path.join(output_dir, "results.md"), "\n".join(lines) + "\n")
     done = [r for r in results if r.score is not None]
     if done:
         log_parameters = [n for n, p in space.items()
@@ -428,28 +415,8 @@ def _cell(value):
     return "" if value is None else str(value).replace("|", "/")
 
 
-def _write_json(path, payload):
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=directory, suffix=".tmp", delete=False) as f:
-        json.dump(payload, f, indent=2, default=_plain)
-    os.replace(f.name, path)
-    return path
-
-
-def _plain(value):
-    """JSON fallback: numpy scalars as numbers, anything else as its string."""
-    return value.item() if hasattr(value, "item") else str(value)
-
-
-def _is_number(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
 def _check_bounds(name, low, high):
-    finite = all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                 and math.isfinite(v) for v in (low, high))
-    if not finite or not low < high:
+    if not (_checks.is_real(low) and _checks.is_real(high) and low < high):
         raise ValueError(f"Invalid value for `low`/`high`: {name} needs finite "
                          f"low < high, received low={low!r}, high={high!r}")
     return float(low), float(high)

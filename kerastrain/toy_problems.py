@@ -14,14 +14,14 @@ global minima and their value, and a plotting window.
 """
 
 import dataclasses
-import math
-import numbers
 from typing import Callable
 
 import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops
+
+from kerastrain import _checks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,10 +71,7 @@ def ill_conditioned_quadratic(condition_number=100.0):
     Returns:
         A `ToyProblem` named `"quadratic"`.
     """
-    if not (_is_real(condition_number) and condition_number >= 1):
-        raise ValueError("Invalid value for `condition_number`: expected "
-                         f"condition_number >= 1, received {condition_number!r}")
-    kappa = float(condition_number)
+    kappa = _checks.check_real("condition_number", condition_number, low=1)
     return ToyProblem(
         name="quadratic", function=lambda x, y: 0.5 * (x**2 + kappa * y**2),
         start=(-4.5, 1.0), minima=((0.0, 0.0),), minimum_value=0.0,
@@ -101,10 +98,8 @@ def rosenbrock(a=1.0, b=100.0):
     The minimum lies in a curved, flat-bottomed valley: easy to fall into,
     slow to follow. The start `(-1.2, 1)` is Rosenbrock's own (1960).
     """
-    if not (_is_real(b) and b > 0) or not _is_real(a):
-        raise ValueError(f"Invalid value for `b`: expected b > 0 and a real `a`, "
-                         f"received a={a!r}, b={b!r}")
-    a, b = float(a), float(b)
+    a = _checks.check_real("a", a)
+    b = _checks.check_real("b", b, low=0, low_open=True)
     return ToyProblem(
         name="rosenbrock", function=lambda x, y: (a - x) ** 2 + b * (y - x**2) ** 2,
         start=(-1.2, 1.0), minima=((a, a * a),), minimum_value=0.0,
@@ -152,9 +147,7 @@ def optimize_2d(function, start, optimizer, steps):
     if start.shape != (2,) or not np.all(np.isfinite(start)):
         raise ValueError(f"Invalid value for `start`: expected two finite numbers "
                          f"(x, y), received start={start.tolist()!r}")
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
-        raise ValueError(f"Invalid value for `steps`: expected an int >= 1, "
-                         f"received steps={steps!r}")
+    _checks.check_int("steps", steps, minimum=1)
     if not isinstance(optimizer, keras.optimizers.Optimizer):
         raise ValueError("Invalid value for `optimizer`: expected a keras optimizer "
                          f"(e.g. kerastrain.optimizers.build('adam')), received {optimizer!r}")
@@ -215,16 +208,9 @@ def steps_to_tolerance(values, minimum_value, tolerance):
         for every `j >= i` (0 is the start), or `None` if the last value is
         outside the band (or not finite).
     """
-    if not (_is_real(tolerance) and tolerance > 0):
-        raise ValueError(f"Invalid value for `tolerance`: expected tolerance > 0, "
-                         f"received tolerance={tolerance!r}")
+    _checks.check_real("tolerance", tolerance, low=0, low_open=True)
     inside = np.asarray(values, dtype=np.float64) <= minimum_value + tolerance
     if not inside.size or not inside[-1]:
         return None
     outside = np.flatnonzero(~inside)
     return int(outside[-1]) + 1 if outside.size else 0
-
-
-def _is_real(value):
-    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
-            and math.isfinite(value))

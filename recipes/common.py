@@ -24,6 +24,7 @@ from absl import flags
 from absl import logging
 
 import kerastrain as kt
+from kerastrain import _io
 from kerastrain import callbacks as kt_callbacks
 from kerastrain import distribute, ensemble, export, transfer
 
@@ -514,39 +515,15 @@ def save_backbone(model, path):
     return save_keras(transfer.cut_backbone(model), path)
 
 
-def write_json(path, payload):
-    """Writes JSON atomically (temporary file, then rename)."""
-    def write(temporary):
-        with open(temporary, "w") as f:
-            json.dump(payload, f, indent=2, sort_keys=True, default=_jsonable)
-    return _write_atomically(path, write)
-
-
-def _jsonable(value):
-    if hasattr(value, "item"):
-        return value.item()
-    return str(value)
+# Every run-directory file goes through the library's atomic writer.
+write_json = _io.write_json
 
 
 def save_keras(model, path):
     """Saves a `.keras` file atomically (temporary file, then rename)."""
     if not str(path).endswith(".keras"):
         raise ValueError(f"Invalid path {path!r}: expected a file name ending in .keras")
-    return _write_atomically(path, model.save)
-
-
-def _write_atomically(path, write):
-    """Calls `write(temporary)` next to `path`, then renames it to `path`."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    temporary = os.path.join(directory, f".tmp-{os.getpid()}-{os.path.basename(path)}")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-    return path
+    return _io.atomic_write(path, model.save)
 
 
 def run_or_explain(run, config):

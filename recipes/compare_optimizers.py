@@ -30,7 +30,6 @@ problem and optimizer) and `config.json`. It takes about 10 seconds on a CPU.
         --learning_rates='{"adam": 0.1, "saddle": {"sgd": 0.05}}'
 """
 
-import math
 import os
 
 import numpy as np
@@ -38,6 +37,7 @@ from absl import app
 from absl import flags
 
 import kerastrain as kt
+from kerastrain import _checks, _io
 from recipes import common
 
 common.define_output_flags()
@@ -97,8 +97,8 @@ def run(config):
     """
     config = common.complete_config(config, __name__)
     _check(config)
-    os.makedirs(config["output_dir"], exist_ok=True)
-    common.write_json(os.path.join(config["output_dir"], "config.json"), config)
+    _io.makedirs(config["output_dir"])
+    _io.write_json(os.path.join(config["output_dir"], "config.json"), config)
     problems = [_problem(name, config) for name in config["problems"]]
     rates = learning_rates(config)
     results, paths = {}, {}
@@ -122,9 +122,9 @@ def run(config):
             }
     kt.plots.plot_optimizer_paths(problems, paths,
                                   os.path.join(config["output_dir"], "trajectories.png"))
-    common.write_json(os.path.join(config["output_dir"], "results.json"), results)
-    _write_atomically(os.path.join(config["output_dir"], "results.md"),
-                      markdown_table(results, config))
+    _io.write_json(os.path.join(config["output_dir"], "results.json"), results)
+    _io.write_text(os.path.join(config["output_dir"], "results.md"),
+                   markdown_table(results, config))
     return results, paths
 
 
@@ -151,19 +151,9 @@ def _problem(name, config):
     return kt.toy_problems.get(name)
 
 
-def _write_atomically(path, text):
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "w") as f:
-        f.write(text)
-    os.replace(temporary, path)
-
-
 def _check(config):
-    if config["steps"] < 1:
-        raise ValueError(f"Invalid value for --steps: expected >= 1, received {config['steps']}")
-    if not (math.isfinite(config["tolerance"]) and config["tolerance"] > 0):
-        raise ValueError("Invalid value for --tolerance: expected > 0, received "
-                         f"{config['tolerance']}")
+    _checks.check_int("--steps", config["steps"], minimum=1)
+    _checks.check_real("--tolerance", config["tolerance"], low=0, low_open=True)
 
 
 def main(argv):

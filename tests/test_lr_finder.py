@@ -250,6 +250,22 @@ def test_invalid_arguments(subset, kwargs, match):
         lr_finder.find_learning_rate(model, subset.train, **kwargs)
 
 
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(max_lr=float("inf")), r"`max_lr`: expected min_lr=1e-07 < max_lr < inf"),
+    (dict(max_lr=float("nan")), r"`max_lr`: expected min_lr=1e-07 < max_lr < inf"),
+    (dict(min_lr=float("inf"), max_lr=float("inf")), r"`min_lr`: expected 0 < min_lr < inf"),
+    (dict(min_lr=float("nan")), r"`min_lr`: expected 0 < min_lr < inf"),
+    (dict(max_lr=True), r"Invalid value for `max_lr`"),
+])
+def test_non_finite_learning_rates_are_rejected_before_training(subset, kwargs, match):
+    model = _compiled("sgd")
+    before = _state(model)
+    with pytest.raises(ValueError, match=match):
+        lr_finder.find_learning_rate(model, subset.train, steps=5, verbose=0, **kwargs)
+    assert model.optimizer.iterations.numpy() == 0
+    _assert_same_state(before, _state(model))
+
+
 def test_uncompiled_model_is_rejected(subset):
     with pytest.raises(ValueError, match="must be compiled"):
         lr_finder.find_learning_rate(_tiny_cnn(), subset.train)

@@ -169,9 +169,9 @@ def test_instance_passes_through():
     ("adam", {"momentum": 0.9}, r"Invalid arguments \['momentum'\] .*valid arguments: "
                                 r"\['learning_rate', 'beta_1'"),
     ("adam", {"beta_1": 1.0}, "0 <= beta_1 < 1"),
-    ("adam", {"epsilon": 0.0}, "epsilon > 0"),
-    ("adamw", {"weight_decay": -1e-4}, "weight_decay >= 0"),
-    ("sgd", {"clipnorm": 0.0}, "clipnorm > 0"),
+    ("adam", {"epsilon": 0.0}, "0 < epsilon < inf"),
+    ("adamw", {"weight_decay": -1e-4}, "0 <= weight_decay < inf"),
+    ("sgd", {"clipnorm": 0.0}, "0 < clipnorm < inf"),
     ("nesterov", {"nesterov": False}, "needs nesterov=True"),
     ("nesterov", {"momentum": 0.0}, "Nesterov momentum needs 0 < momentum < 1"),
     ({"learning_rate": 0.1}, {}, "expected a `name` key"),

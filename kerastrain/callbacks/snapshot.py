@@ -1,13 +1,12 @@
 """Snapshot ensembles (Huang et al., 2017) as a Keras callback."""
 
 import json
-import numbers
 import os
 import re
-import tempfile
 
 import keras
 
+from kerastrain import _checks, _io
 from kerastrain.schedules import WarmRestarts
 
 MANIFEST = "manifest.json"
@@ -86,9 +85,8 @@ class SnapshotEnsemble(keras.callbacks.Callback):
             if ends is not None and not _increasing_indices(ends):
                 raise ValueError(f"Invalid value for `{name}`: expected a non-empty, "
                                  f"increasing list of integers >= 0, received {name}={ends!r}")
-        if keep is not None and not (_is_int(keep) and keep >= 1):
-            raise ValueError("Invalid value for `keep`: expected None or an integer >= 1, "
-                             f"received keep={keep!r}")
+        if keep is not None:
+            _checks.check_int("keep", keep, minimum=1)
         self.directory = os.fspath(directory)
         self.schedule = schedule
         self.cycle_end_steps = None if cycle_end_steps is None else list(cycle_end_steps)
@@ -164,14 +162,7 @@ class SnapshotEnsemble(keras.callbacks.Callback):
     def _save(self, index, step, logs):
         name = f"snapshot_{index:02d}.keras"
         path = os.path.join(self.directory, name)
-        tmp = os.path.join(self.directory, f".tmp-{os.getpid()}-{name}")
-        try:
-            self.model.save(tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        _io.atomic_write(path, self.model.save)
         entry = {"index": index, "file": name, "epoch": int(self._epoch), "step": step,
                  "learning_rate": self._learning_rate(step),
                  "metrics": {k: float(v) for k, v in (logs or {}).items() if _is_scalar(v)}}
@@ -185,7 +176,7 @@ class SnapshotEnsemble(keras.callbacks.Callback):
             if os.path.exists(old_path):
                 os.remove(old_path)
         if self.verbose:
-            print(f"\nEpoch {self._epoch + 1}, step {step}: saved snapshot {index} to {path}")
+            _io.say(f"\nEpoch {self._epoch + 1}, step {step}: saved snapshot {index} to {path}")
 
     def _learning_rate(self, step):
         optimizer = self.model.optimizer
@@ -203,19 +194,7 @@ class SnapshotEnsemble(keras.callbacks.Callback):
                 if os.path.exists(os.path.join(self.directory, e["file"]))]
 
     def _write_manifest(self):
-        handle, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".json")
-        try:
-            with os.fdopen(handle, "w") as f:
-                json.dump({"snapshots": self._entries}, f, indent=2)
-            os.replace(tmp, self.manifest_path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
-
-
-def _is_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        _io.write_json(self.manifest_path, {"snapshots": self._entries})
 
 
 def _is_scalar(value):
@@ -231,5 +210,5 @@ def _increasing_indices(ends):
         ends = list(ends)
     except TypeError:
         return False
-    return bool(ends) and all(_is_int(e) and e >= 0 for e in ends) and all(
+    return bool(ends) and all(_checks.is_int(e) and e >= 0 for e in ends) and all(
         a < b for a, b in zip(ends, ends[1:]))

@@ -14,7 +14,7 @@ import math
 
 import keras
 
-from kerastrain.schedules._base import check, is_real, positive, step_count
+from kerastrain import _checks
 from kerastrain.schedules.cyclic import CyclicalLearningRate, OneCycle, WarmRestarts
 from kerastrain.schedules.decay import StepDecay, Warmup
 
@@ -22,28 +22,27 @@ __all__ = ["StepDecay", "CyclicalLearningRate", "WarmRestarts", "OneCycle", "War
 
 
 def _exponential(initial_learning_rate, k):
-    check("k", k, is_real(k) and k >= 0, "k >= 0")
     return keras.optimizers.schedules.ExponentialDecay(
-        positive("initial_learning_rate", initial_learning_rate),
-        decay_steps=1, decay_rate=math.exp(-k))
+        _checks.check_real("initial_learning_rate", initial_learning_rate, low=0, low_open=True),
+        decay_steps=1, decay_rate=math.exp(-_checks.check_real("k", k, low=0)))
 
 
 def _inverse_time(initial_learning_rate, k):
-    check("k", k, is_real(k) and k >= 0, "k >= 0")
     return keras.optimizers.schedules.InverseTimeDecay(
-        positive("initial_learning_rate", initial_learning_rate),
-        decay_steps=1, decay_rate=float(k))
+        _checks.check_real("initial_learning_rate", initial_learning_rate, low=0, low_open=True),
+        decay_steps=1, decay_rate=_checks.check_real("k", k, low=0))
 
 
 def _cosine(initial_learning_rate, decay_steps, alpha=0.0):
-    check("alpha", alpha, is_real(alpha) and 0 <= alpha <= 1, "0 <= alpha <= 1")
     return keras.optimizers.schedules.CosineDecay(
-        positive("initial_learning_rate", initial_learning_rate), decay_steps, alpha=alpha)
+        _checks.check_real("initial_learning_rate", initial_learning_rate, low=0, low_open=True),
+        decay_steps, alpha=_checks.check_real("alpha", alpha, 0, 1))
 
 
 # name -> (builder, required arguments, optional arguments), in steps.
 _SCHEDULES = {
-    "constant": (lambda learning_rate: positive("learning_rate", learning_rate),
+    "constant": (lambda learning_rate: _checks.check_real("learning_rate", learning_rate,
+                                                          low=0, low_open=True),
                  ("learning_rate",), ()),
     "step": (StepDecay, ("initial_learning_rate",),
              ("drop_every_steps", "factor", "boundaries")),
@@ -121,7 +120,7 @@ def get(name, *, steps_per_epoch=None, **kwargs):
             raise ValueError("`get` received a LearningRateSchedule instance and "
                              f"arguments {sorted(kwargs)}; pass one or the other")
         return name
-    if is_real(name):
+    if _checks.is_real(name):
         return get("constant", steps_per_epoch=steps_per_epoch, learning_rate=name, **kwargs)
     if isinstance(name, dict):
         if "class_name" in name:
@@ -170,17 +169,17 @@ def _epochs_to_steps(name, kwargs, steps_per_epoch):
         if steps_per_epoch is None:
             raise ValueError(f"`{epoch_form}` is counted in epochs: pass "
                              "`steps_per_epoch` to convert it to optimizer steps")
-        step_count("steps_per_epoch", steps_per_epoch)
+        _checks.check_int("steps_per_epoch", steps_per_epoch, minimum=1)
         value = kwargs.pop(epoch_form)
         if epoch_form == "k_per_epoch":
-            check("k_per_epoch", value, is_real(value), "a number")
+            _checks.check_real("k_per_epoch", value)
             kwargs[step_form] = value / steps_per_epoch
         elif epoch_form == "boundaries_epochs":
             values = value if isinstance(value, (list, tuple)) else [value]
             for v in values:
-                check(epoch_form, value, is_real(v), "a list of epoch counts")
+                _checks.check(epoch_form, value, _checks.is_real(v), "a list of epoch counts")
             kwargs[step_form] = [round(v * steps_per_epoch) for v in values]
         else:
-            check(epoch_form, value, is_real(value), "a number of epochs")
+            _checks.check(epoch_form, value, _checks.is_real(value), "a number of epochs")
             kwargs[step_form] = round(value * steps_per_epoch)
     return kwargs

@@ -5,7 +5,8 @@ import math
 import keras
 from keras import ops
 
-from kerastrain.schedules._base import FLOAT, Schedule, check, is_real, positive, step_count
+from kerastrain import _checks
+from kerastrain.schedules._base import FLOAT, Schedule
 
 
 @keras.saving.register_keras_serializable(package="kerastrain")
@@ -41,19 +42,18 @@ class CyclicalLearningRate(Schedule):
     def __init__(self, base_lr, max_lr, step_size, mode="triangular", gamma=1.0,
                  name="CyclicalLearningRate"):
         super().__init__(name)
-        check("base_lr", base_lr, is_real(base_lr) and base_lr >= 0, "base_lr >= 0")
-        check("max_lr", max_lr, is_real(max_lr) and max_lr > base_lr,
-              f"max_lr > base_lr (base_lr={base_lr!r})")
-        check("mode", mode, mode in self.MODES, f"one of {list(self.MODES)}")
-        check("gamma", gamma, is_real(gamma) and 0 < gamma <= 1, "0 < gamma <= 1")
+        self.base_lr = _checks.check_real("base_lr", base_lr, low=0)
+        _checks.check("max_lr", max_lr, _checks.is_real(max_lr) and max_lr > base_lr,
+                      f"base_lr={base_lr!r} < max_lr < inf")
+        self.max_lr = float(max_lr)
+        self.mode = _checks.check_choice("mode", mode, self.MODES)
+        self.gamma = _checks.check_real("gamma", gamma, 0, 1, low_open=True)
         if mode != "exp_range" and gamma != 1:
             raise ValueError(
                 f"Invalid value for `gamma`: it only applies to mode='exp_range', "
                 f"received gamma={gamma!r} with mode={mode!r}; use mode='exp_range' "
                 "or leave gamma=1.0")
-        self.base_lr, self.max_lr = float(base_lr), float(max_lr)
-        self.step_size = step_count("step_size", step_size)
-        self.mode, self.gamma = mode, float(gamma)
+        self.step_size = _checks.check_int("step_size", step_size, minimum=1)
 
     def __call__(self, step):
         with keras.name_scope(self.name):
@@ -106,13 +106,13 @@ class WarmRestarts(keras.optimizers.schedules.CosineDecayRestarts):
 
     def __init__(self, initial_learning_rate, first_cycle_steps, t_mul=2.0, m_mul=1.0,
                  alpha=0.0, name="WarmRestarts"):
-        positive("initial_learning_rate", initial_learning_rate)
-        first_cycle_steps = step_count("first_cycle_steps", first_cycle_steps)
-        check("t_mul", t_mul, is_real(t_mul) and t_mul >= 1, "t_mul >= 1")
-        check("m_mul", m_mul, is_real(m_mul) and 0 < m_mul <= 1, "0 < m_mul <= 1")
-        check("alpha", alpha, is_real(alpha) and 0 <= alpha <= 1, "0 <= alpha <= 1")
-        super().__init__(float(initial_learning_rate), first_cycle_steps, t_mul=float(t_mul),
-                         m_mul=float(m_mul), alpha=float(alpha), name=name)
+        super().__init__(
+            _checks.check_real("initial_learning_rate", initial_learning_rate, low=0,
+                               low_open=True),
+            _checks.check_int("first_cycle_steps", first_cycle_steps, minimum=1),
+            t_mul=_checks.check_real("t_mul", t_mul, low=1),
+            m_mul=_checks.check_real("m_mul", m_mul, 0, 1, low_open=True),
+            alpha=_checks.check_real("alpha", alpha, 0, 1), name=name)
 
     def cycle_end_steps(self, total_steps):
         """Returns the last step of every cycle that ends within `total_steps` steps.
@@ -124,7 +124,7 @@ class WarmRestarts(keras.optimizers.schedules.CosineDecayRestarts):
             Increasing list of step indices; at each the rate is at its cycle's
             minimum and the next step restarts.
         """
-        step_count("total_steps", total_steps)
+        _checks.check_int("total_steps", total_steps, minimum=1)
         ends, start, length = [], 0.0, float(self.first_decay_steps)
         while True:
             # Keras assigns step t to the cycle with start <= t < start + length.
@@ -147,8 +147,8 @@ class WarmRestarts(keras.optimizers.schedules.CosineDecayRestarts):
         Returns:
             Increasing list of epoch indices.
         """
-        steps_per_epoch = step_count("steps_per_epoch", steps_per_epoch)
-        total = step_count("epochs", epochs) * steps_per_epoch
+        steps_per_epoch = _checks.check_int("steps_per_epoch", steps_per_epoch, minimum=1)
+        total = _checks.check_int("epochs", epochs, minimum=1) * steps_per_epoch
         return sorted({step // steps_per_epoch for step in self.cycle_end_steps(total)})
 
     def get_config(self):
@@ -188,20 +188,16 @@ class OneCycle(Schedule):
     def __init__(self, max_lr, total_steps, pct_start=0.3, div_factor=25.0,
                  final_div_factor=1e4, anneal="cos", name="OneCycle"):
         super().__init__(name)
-        self.max_lr = positive("max_lr", max_lr)
-        self.total_steps = step_count("total_steps", total_steps)
-        check("pct_start", pct_start, is_real(pct_start) and 0 < pct_start < 1,
-              "0 < pct_start < 1")
+        self.max_lr = _checks.check_real("max_lr", max_lr, low=0, low_open=True)
+        self.total_steps = _checks.check_int("total_steps", total_steps, minimum=1)
+        self.pct_start = _checks.check_real("pct_start", pct_start, 0, 1, low_open=True,
+                                            high_open=True)
         # Each phase needs a positive length or its progress would divide by zero.
-        check("pct_start", pct_start, 1 < pct_start * total_steps < total_steps,
-              f"1 < pct_start * total_steps < total_steps (total_steps={total_steps})")
-        check("div_factor", div_factor, is_real(div_factor) and div_factor >= 1,
-              "div_factor >= 1")
-        check("final_div_factor", final_div_factor,
-              is_real(final_div_factor) and final_div_factor >= 1, "final_div_factor >= 1")
-        check("anneal", anneal, anneal in ("cos", "linear"), "'cos' or 'linear'")
-        self.pct_start, self.div_factor = float(pct_start), float(div_factor)
-        self.final_div_factor, self.anneal = float(final_div_factor), anneal
+        _checks.check("pct_start", pct_start, 1 < pct_start * total_steps < total_steps,
+                      f"1 < pct_start * total_steps < total_steps (total_steps={total_steps})")
+        self.div_factor = _checks.check_real("div_factor", div_factor, low=1)
+        self.final_div_factor = _checks.check_real("final_div_factor", final_div_factor, low=1)
+        self.anneal = _checks.check_choice("anneal", anneal, ("cos", "linear"))
 
     def __call__(self, step):
         with keras.name_scope(self.name):

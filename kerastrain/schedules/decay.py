@@ -3,7 +3,8 @@
 import keras
 from keras import ops
 
-from kerastrain.schedules._base import FLOAT, Schedule, check, is_real, positive, step_count
+from kerastrain import _checks
+from kerastrain.schedules._base import FLOAT, Schedule
 
 
 @keras.saving.register_keras_serializable(package="kerastrain")
@@ -34,26 +35,26 @@ class StepDecay(Schedule):
     def __init__(self, initial_learning_rate, drop_every_steps=None, factor=0.1,
                  boundaries=None, name="StepDecay"):
         super().__init__(name)
-        self.initial_learning_rate = positive("initial_learning_rate", initial_learning_rate)
+        self.initial_learning_rate = _checks.check_real(
+            "initial_learning_rate", initial_learning_rate, low=0, low_open=True)
         if (drop_every_steps is None) == (boundaries is None):
             raise ValueError(
                 "Invalid arguments for `StepDecay`: expected exactly one of "
                 "`drop_every_steps` (periodic drops) or `boundaries` (milestones), "
                 f"received drop_every_steps={drop_every_steps!r}, boundaries={boundaries!r}")
         if drop_every_steps is not None:
-            drop_every_steps = step_count("drop_every_steps", drop_every_steps)
+            drop_every_steps = _checks.check_int("drop_every_steps", drop_every_steps, minimum=1)
         else:
             if isinstance(boundaries, (str, bytes)) or not hasattr(boundaries, "__iter__"):
                 boundaries = [boundaries]
-            boundaries = [step_count("boundaries", b) for b in boundaries]
+            boundaries = [_checks.check_int("boundaries", b, minimum=1) for b in boundaries]
             if not boundaries or any(a >= b for a, b in zip(boundaries, boundaries[1:])):
                 raise ValueError(
                     "Invalid value for `boundaries`: expected a non-empty, strictly "
                     f"increasing list of steps, received boundaries={boundaries!r}")
-        check("factor", factor, is_real(factor) and 0 < factor <= 1, "0 < factor <= 1")
+        self.factor = _checks.check_real("factor", factor, 0, 1, low_open=True)
         self.drop_every_steps = drop_every_steps
         self.boundaries = boundaries
-        self.factor = float(factor)
 
     def __call__(self, step):
         with keras.name_scope(self.name):
@@ -105,13 +106,11 @@ class Warmup(Schedule):
         if isinstance(schedule, dict):
             schedule = keras.optimizers.schedules.deserialize(schedule)
         if not isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
-            schedule = positive("schedule", schedule)
+            schedule = _checks.check_real("schedule", schedule, low=0, low_open=True)
         self.schedule = schedule
-        self.warmup_steps = step_count("warmup_steps", warmup_steps)
-        check("initial_learning_rate", initial_learning_rate,
-              is_real(initial_learning_rate) and initial_learning_rate >= 0,
-               "initial_learning_rate >= 0")
-        self.initial_learning_rate = float(initial_learning_rate)
+        self.warmup_steps = _checks.check_int("warmup_steps", warmup_steps, minimum=1)
+        self.initial_learning_rate = _checks.check_real(
+            "initial_learning_rate", initial_learning_rate, low=0)
 
     def __call__(self, step):
         with keras.name_scope(self.name):

@@ -14,6 +14,8 @@ import warnings
 
 import keras
 
+from kerastrain import _checks
+
 # Families whose models already rescale and normalise raw 0..255 inputs
 # (their `preprocess_input` is a documented no-op); adding it would be harmless
 # but the model must keep its own preprocessing, so `include_preprocessing=False`
@@ -122,9 +124,7 @@ def backbone(name, input_shape=(32, 32, 3), weights=None, *, pooling="avg",
     >>> features.output_shape
     (None, 576)
     """
-    if pooling not in _POOLINGS:
-        raise ValueError(f"Invalid value for `pooling`: expected one of "
-                         f"{list(_POOLINGS)}, received pooling={pooling!r}")
+    _checks.check_choice("pooling", pooling, _POOLINGS)
     weights = _check_weights(weights)
     if weights is not None and weights.endswith(".keras"):
         return _load_keras_file(weights, name, input_shape, trainable)
@@ -217,9 +217,8 @@ def _target_size(input_shape, resize, min_size):
         raise ValueError("Invalid value for `input_shape`: expected (height, "
                          f"width, channels), received input_shape={input_shape!r}")
     if resize is not None:
-        size = (resize, resize) if isinstance(resize, int) else tuple(resize)
-        if len(size) != 2 or not all(isinstance(s, int) and s >= min_size
-                                     for s in size):
+        size = tuple(resize) if isinstance(resize, (tuple, list)) else (resize, resize)
+        if len(size) != 2 or not all(_checks.is_int(s) and s >= min_size for s in size):
             raise ValueError(f"Invalid value for `resize`: expected an int or "
                              f"(height, width) >= {min_size}, received "
                              f"resize={resize!r}")

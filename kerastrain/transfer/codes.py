@@ -8,11 +8,11 @@ standardisation and the layer onto the backbone so that the result is one
 model from raw images to logits, ready for `kerastrain.export`.
 """
 
-import numbers
-
 import keras
 import numpy as np
 import tensorflow as tf
+
+from kerastrain import _checks
 
 
 def extract_features(backbone, dataset, verbose=1):
@@ -79,22 +79,13 @@ class LinearProbe:
 
     def __init__(self, num_classes, l2=1e-4, learning_rate=1e-2, epochs=100,
                  batch_size=256, seed=0):
-        _check("num_classes", num_classes, isinstance(num_classes, numbers.Integral)
-               and num_classes >= 2, "an int >= 2")
-        _check("l2", l2, _is_real(l2) and l2 >= 0, "l2 >= 0")
-        _check("learning_rate", learning_rate, _is_real(learning_rate)
-               and learning_rate > 0, "learning_rate > 0")
-        _check("epochs", epochs, isinstance(epochs, numbers.Integral) and epochs >= 1,
-               "an int >= 1")
-        _check("batch_size", batch_size, isinstance(batch_size, numbers.Integral)
-               and batch_size >= 1, "an int >= 1")
-        _check("seed", seed, isinstance(seed, numbers.Integral), "an int")
-        self.num_classes = int(num_classes)
-        self.l2 = float(l2)
-        self.learning_rate = float(learning_rate)
-        self.epochs = int(epochs)
-        self.batch_size = int(batch_size)
-        self.seed = int(seed)
+        self.num_classes = _checks.check_int("num_classes", num_classes, minimum=2)
+        self.l2 = _checks.check_real("l2", l2, low=0)
+        self.learning_rate = _checks.check_real("learning_rate", learning_rate, low=0,
+                                                low_open=True)
+        self.epochs = _checks.check_int("epochs", epochs, minimum=1)
+        self.batch_size = _checks.check_int("batch_size", batch_size, minimum=1)
+        self.seed = _checks.check_int("seed", seed)
         self.model = None
 
     def fit(self, features, labels, validation=None, verbose=0):
@@ -172,13 +163,3 @@ class LinearProbe:
     def _check_fitted(self):
         if self.model is None:
             raise ValueError("The LinearProbe is not fitted yet; call fit() first")
-
-
-def _is_real(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _check(name, value, ok, expected):
-    if not ok or isinstance(value, bool):
-        raise ValueError(f"Invalid value for `{name}`: expected {expected}, "
-                         f"received {name}={value!r}")

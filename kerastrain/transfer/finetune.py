@@ -9,11 +9,11 @@ blocks one by one (`GradualUnfreezing`) or giving lower blocks lower rates
 (`discriminative_optimizer`, on Keras' `MultiOptimizer`).
 """
 
-import numbers
 import re
 
 import keras
 
+from kerastrain import _checks
 from kerastrain import optimizers
 from kerastrain import schedules
 from kerastrain.transfer.unfreezing import (GradualUnfreezing, block_names,
@@ -42,13 +42,8 @@ def build_classifier(backbone, num_classes, dropout=0.2, seed=None,
 
     >>> model = build_classifier(backbone("MobileNetV3Small"), num_classes=5)
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) \
-            or num_classes < 2:
-        raise ValueError("Invalid value for `num_classes`: expected an int >= 2, "
-                         f"received num_classes={num_classes!r}")
-    if not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
-        raise ValueError("Invalid value for `dropout`: expected 0 <= dropout < 1, "
-                         f"received dropout={dropout!r}")
+    _checks.check_int("num_classes", num_classes, minimum=2)
+    _checks.check_real("dropout", dropout, 0, 1, high_open=True)
     inputs = keras.Input(backbone.input_shape[1:], name="images")
     # training=False: BatchNorm inside stays in inference mode in every phase.
     x = backbone(inputs, training=False)
@@ -92,10 +87,7 @@ def discriminative_optimizer(model, optimizer="adam", learning_rate=1e-4,
     >>> unfreeze(model, top=3)
     >>> model.compile(discriminative_optimizer(model, "adam", 1e-3, 0.5), ...)
     """
-    if not isinstance(decay, numbers.Real) or isinstance(decay, bool) \
-            or not 0 < decay <= 1:
-        raise ValueError("Invalid value for `decay`: expected 0 < decay <= 1, "
-                         f"received decay={decay!r}")
+    _checks.check_real("decay", decay, 0, 1, low_open=True)
     if isinstance(learning_rate, dict):
         learning_rate = schedules.get(learning_rate)
     trainable = [(name, [v for layer in layers for v in layer.trainable_weights])
@@ -187,10 +179,8 @@ def fine_tune(model, data, *, validation_data=None, head_epochs=5,
     >>> model = build_classifier(backbone(None, weights="source.keras"), 5)
     >>> fine_tune(model, data, head_epochs=5, finetune_epochs=10, unfreeze_top=2)
     """
-    for name, value in (("head_epochs", head_epochs), ("finetune_epochs", finetune_epochs)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-            raise ValueError(f"Invalid value for `{name}`: expected an int >= 0, "
-                             f"received {name}={value!r}")
+    _checks.check_int("head_epochs", head_epochs, minimum=0)
+    _checks.check_int("finetune_epochs", finetune_epochs, minimum=0)
     if head_epochs + finetune_epochs == 0:
         raise ValueError("Nothing to train: head_epochs=0 and finetune_epochs=0")
     if ema_momentum is not None and block_lr_decay is not None:

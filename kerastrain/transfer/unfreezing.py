@@ -7,10 +7,11 @@ learning guide: a small target set would wreck its statistics and scales)
 and, for gradual unfreezing, changing what trains in the middle of `fit`.
 """
 
-import numbers
 import re
 
 import keras
+
+from kerastrain import _checks
 
 # A layer's block is the first match of these prefixes (one per naming style:
 # ResNet/DenseNet `conv5_block3_`, InceptionResNetV2 `block35_1_`,
@@ -69,11 +70,8 @@ def unfreeze(model, top=1, unit="blocks"):
     ['block2', 'block3']
     """
     groups = _groups(model, unit)
-    if isinstance(top, bool) or not isinstance(top, numbers.Integral) \
-            or not 0 <= top <= len(groups):
-        raise ValueError(f"Invalid value for `top`: expected an int in [0, "
-                         f"{len(groups)}] (the backbone has {len(groups)} "
-                         f"{unit}), received top={top!r}")
+    _checks.check("top", top, _checks.is_int(top) and 0 <= top <= len(groups),
+                  f"an int in [0, {len(groups)}] (the backbone has {len(groups)} {unit})")
     for scope in _nested_models(model) or [model]:
         scope.trainable = True  # Containers must be trainable for leaves to be.
         for layer in _leaves(scope):
@@ -154,15 +152,10 @@ class GradualUnfreezing(keras.callbacks.Callback):
 
     def __init__(self, top, unit="blocks", epochs_per_block=1):
         super().__init__()
-        for name, value in (("top", top), ("epochs_per_block", epochs_per_block)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) \
-                    or value < 1:
-                raise ValueError(f"Invalid value for `{name}`: expected an int "
-                                 f">= 1, received {name}={value!r}")
-        if unit not in _UNITS:
-            raise ValueError(f"Invalid value for `unit`: expected one of "
-                             f"{list(_UNITS)}, received unit={unit!r}")
-        self.top, self.unit, self.epochs_per_block = int(top), unit, int(epochs_per_block)
+        self.top = _checks.check_int("top", top, minimum=1)
+        self.epochs_per_block = _checks.check_int("epochs_per_block", epochs_per_block,
+                                                  minimum=1)
+        self.unit = _checks.check_choice("unit", unit, _UNITS)
         self.history = []  # (epoch, number of unfrozen blocks) at each change
 
     def on_train_begin(self, logs=None):
@@ -196,9 +189,7 @@ class GradualUnfreezing(keras.callbacks.Callback):
 
 
 def _groups(model, unit):
-    if unit not in _UNITS:
-        raise ValueError(f"Invalid value for `unit`: expected one of {list(_UNITS)}, "
-                         f"received unit={unit!r}")
+    _checks.check_choice("unit", unit, _UNITS)
     if unit == "blocks":
         return block_names(model)
     return [(layer.name, [layer]) for layer in _leaves_of(model) if _is_weighted(layer)]
