@@ -12,6 +12,8 @@ import math
 
 import numpy as np
 
+from kerastrain import _io
+
 _CELL_INCHES = 1.0
 _DPI = 100
 
@@ -31,11 +33,11 @@ def _subplots(rows=1, columns=1, *, figsize, **kwargs):
 
 
 def _save(fig, path, tight=True):
-    """Writes `fig` to `path` at `_DPI` and returns `path`."""
+    """Writes `fig` to `path` at `_DPI` (atomically, local or `gs://`) and
+    returns `path`."""
     if tight:
         fig.tight_layout()
-    fig.savefig(path, dpi=_DPI)
-    return path
+    return _io.atomic_write(path, lambda temporary: fig.savefig(temporary, dpi=_DPI))
 
 
 def _panel_grid(count, columns, width, height):
