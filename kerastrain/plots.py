@@ -1,28 +1,43 @@
 """Every picture kerastrain draws: one function per plot, `(data, path) -> path`.
 
-Matplotlib runs on the Agg backend so that plots render on machines without
-a display (CI, training servers).
+Each figure is a `matplotlib.figure.Figure` on its own Agg canvas, written
+straight to its file: pyplot is never used and the global backend never
+changed, so plots render on machines without a display (CI, training
+servers) and a notebook's inline or interactive backend keeps working.
+Matplotlib itself is imported by the first picture, not by
+`import kerastrain`.
 """
 
 import math
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from kerastrain import _io
 
 _CELL_INCHES = 1.0
 _DPI = 100
 
 
+def _subplots(rows=1, columns=1, *, figsize, **kwargs):
+    """Returns `(fig, axes)` like `pyplot.subplots`, without pyplot.
+
+    The figure is not registered with pyplot (nothing to close, no backend
+    selected); its Agg canvas renders it to PNG.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, dpi=_DPI)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(rows, columns, **kwargs)
+
+
 def _save(fig, path, tight=True):
-    """Writes `fig` to `path` at `_DPI`, closes it and returns `path`."""
+    """Writes `fig` to `path` at `_DPI` (atomically, local or `gs://`) and
+    returns `path`."""
     if tight:
         fig.tight_layout()
-    fig.savefig(path, dpi=_DPI)
-    plt.close(fig)
-    return path
+    return _io.atomic_write(path, lambda temporary: fig.savefig(temporary, dpi=_DPI))
 
 
 def _panel_grid(count, columns, width, height):
@@ -30,8 +45,8 @@ def _panel_grid(count, columns, width, height):
     of at most `columns`; the cells left over in the last row are hidden."""
     columns = max(1, min(columns, count))
     rows = math.ceil(count / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(width * columns, height * rows),
-                             dpi=_DPI, squeeze=False)
+    fig, axes = _subplots(rows, columns, figsize=(width * columns, height * rows),
+                          squeeze=False)
     for ax in axes.ravel()[count:]:
         ax.set_axis_off()
     return fig, axes.ravel()[:count]
@@ -63,10 +78,9 @@ def augmentation_grid(originals, augmented, path, columns=8):
     n = len(originals)
     columns = max(1, min(columns, n))
     blocks = math.ceil(n / columns)
-    fig, axes = plt.subplots(
+    fig, axes = _subplots(
         2 * blocks, columns,
-        figsize=(columns * _CELL_INCHES, 2 * blocks * _CELL_INCHES),
-        dpi=_DPI, squeeze=False,
+        figsize=(columns * _CELL_INCHES, 2 * blocks * _CELL_INCHES), squeeze=False,
     )
     for block in range(blocks):
         for column in range(columns):
@@ -102,7 +116,7 @@ def plot_lr_finder(result_or_arrays, path):
         `path`.
     """
     lrs, losses, smoothed, suggestion = _lr_finder_arrays(result_or_arrays)
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=_DPI)
+    fig, ax = _subplots(figsize=(6, 4))
     ax.plot(lrs, losses, color="tab:blue", alpha=0.3, linewidth=1, label="batch loss")
     ax.plot(lrs, smoothed, color="tab:blue", linewidth=2, label="smoothed loss")
     if suggestion is not None:
@@ -236,8 +250,8 @@ def training_curves(history, path):
     if not metrics or not all(len(history.get(k, history.get(f"val_{k}", []))) for k in metrics):
         raise ValueError("Invalid value for `history`: expected a dict of non-empty "
                          f"per-epoch lists such as History.history, received {history!r}")
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.2), dpi=_DPI,
-                             squeeze=False)
+    fig, axes = _subplots(1, len(metrics), figsize=(4 * len(metrics), 3.2),
+                          squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         for key, label in ((metric, "training"), (f"val_{metric}", "validation")):
             if key in history:
@@ -326,9 +340,11 @@ def plot_optimizer_paths(problems, paths, path):
         raise ValueError("Invalid value for `paths`: expected a dict with an entry "
                          f"per problem, missing {missing or 'all problems'}")
     names = list(dict.fromkeys(name for p in problems for name in paths[p.name]))
-    colors = dict(zip(names, plt.get_cmap("tab10").colors))
-    fig, axes = plt.subplots(1, len(problems), figsize=(5 * len(problems), 4.4),
-                             dpi=_DPI, squeeze=False)
+    from matplotlib import colormaps
+
+    colors = dict(zip(names, colormaps["tab10"].colors))
+    fig, axes = _subplots(1, len(problems), figsize=(5 * len(problems), 4.4),
+                          squeeze=False)
     for ax, problem in zip(axes[0], problems):
         x, y, z = problem.grid()
         levels = np.unique(np.quantile(z[np.isfinite(z)], np.linspace(0, 1, 25)))
@@ -382,16 +398,18 @@ def search_parameters(values, scores, path, objective="validation_accuracy",
             "Invalid values: expected {setting: [value per trial]} with one value per "
             f"score, received {len(scores)} scores and lengths "
             f"{ {k: len(v) for k, v in values.items()} }")
+    from matplotlib.ticker import NullFormatter
+
     best = int(np.argmax(scores) if direction == "max" else np.argmin(scores))
-    fig, axes = plt.subplots(1, len(values), figsize=(3 * len(values), 2.8),
-                             dpi=_DPI, squeeze=False, sharey=True)
+    fig, axes = _subplots(1, len(values), figsize=(3 * len(values), 2.8),
+                          squeeze=False, sharey=True)
     for ax, (name, column) in zip(axes[0], values.items()):
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in column):
             x = np.asarray(column, dtype=float)
             if name in log_parameters:
                 ax.set_xscale("log")
                 # Within one decade matplotlib labels minor ticks; they overlap.
-                ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+                ax.xaxis.set_minor_formatter(NullFormatter())
         else:
             labels = sorted({str(v) for v in column})
             x = np.array([labels.index(str(v)) for v in column], dtype=float)
@@ -439,7 +457,7 @@ def confusion_matrix(labels, predictions, class_names, path):
     np.add.at(matrix, (labels, predictions), 1)
     shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     size = 1.2 + 0.6 * count
-    fig, ax = plt.subplots(figsize=(size + 1, size), dpi=_DPI)
+    fig, ax = _subplots(figsize=(size + 1, size))
     ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     for i in range(count):
         for j in range(count):
@@ -472,7 +490,7 @@ def comparison_bars(scores, path, ylabel="test accuracy"):
                              and math.isfinite(v) for v in scores.values()):
         raise ValueError("Invalid value for `scores`: expected a non-empty dict "
                          f"{{name: finite number}}, received {scores!r}")
-    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(scores), 3.2), dpi=_DPI)
+    fig, ax = _subplots(figsize=(1.6 + 1.4 * len(scores), 3.2))
     bars = ax.bar(range(len(scores)), list(scores.values()), color="tab:blue")
     ax.bar_label(bars, fmt="%.3f", fontsize=8)
     ax.set_xticks(range(len(scores)), list(scores), fontsize=8)

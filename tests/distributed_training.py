@@ -1,12 +1,15 @@
 """One short training run under a `tf.distribute` strategy, for test_distribute.
 
-    python tests/distributed_training.py STRATEGY OUTPUT.npz [--batch_norm]
+    python tests/distributed_training.py STRATEGY OUTPUT.npz [--batch_norm | --sync_batch_norm]
 
 Trains a tiny `small_cnn` on two classes of `cifar10_mini` (128 images in
 a fixed order) for three epochs with `StochasticWeightAveraging` from
 epoch 1 and writes the final
 (averaged) weights, the weights before averaging, the averaged epochs and
-the loss history to OUTPUT.npz. `mirrored` replicates over two logical CPU
+the loss history to OUTPUT.npz, with the weights' paths. `--sync_batch_norm`
+uses BatchNorm with `synchronized=True`, whose batch statistics are those
+of the global batch, so that a replicated run trains like one device.
+`mirrored` replicates over two logical CPU
 devices; `multi_worker` reads the cluster from `TF_CONFIG`. Each strategy
 needs a fresh process: devices and collectives are fixed when TensorFlow
 starts.
@@ -21,7 +24,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 
-def main(name, output, batch_norm):
+def main(name, output, batch_norm, synchronized=False):
     devices = None
     if name == "mirrored":
         cpu = tf.config.list_physical_devices("CPU")[0]
@@ -41,17 +44,37 @@ def main(name, output, batch_norm):
     train = tf.data.Dataset.from_tensor_slices((images, labels)).batch(32)
     with strategy.scope():
         model = kt.models.small_cnn(2, width=8, blocks=1, batch_norm=batch_norm)
+        if synchronized:
+            model = _synchronized(model)
         model.compile(keras.optimizers.SGD(0.05, momentum=0.9),
                       keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     swa = kt.callbacks.StochasticWeightAveraging(start_epoch=1, bn_update_data=train)
     history = model.fit(train, epochs=3, callbacks=[swa], shuffle=False,
                         verbose=0)
     np.savez(output, replicas=strategy.num_replicas_in_sync,
+             paths=np.asarray([v.path for v in model.weights]),
              loss=np.asarray(history.history["loss"]),
              averaged_epochs=np.asarray(swa.averaged_epochs),
              **{f"weight_{i}": w for i, w in enumerate(model.get_weights())},
              **{f"final_{i}": w for i, w in enumerate(swa.final_weights)})
 
 
+def _synchronized(model):
+    """The same model (same initial weights) with synchronized BatchNorm."""
+    import keras  # noqa: PLC0415
+
+    def clone(layer):
+        config = layer.get_config()
+        if isinstance(layer, keras.layers.BatchNormalization):
+            config["synchronized"] = True
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], "--batch_norm" in sys.argv[3:])
+    flags = sys.argv[3:]
+    main(sys.argv[1], sys.argv[2], "--batch_norm" in flags or "--sync_batch_norm" in flags,
+         synchronized="--sync_batch_norm" in flags)

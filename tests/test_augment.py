@@ -91,18 +91,34 @@ def test_flip_only_mirrors_exactly(batch):
     assert 0 < sum(flipped) < len(images)
 
 
+def _shifted(image, dx, dy):
+    """`image` moved right by `dx` and down by `dy` pixels, zeros shifted in."""
+    out = np.zeros_like(image)
+    height, width = image.shape[:2]
+    out[max(dy, 0):height + min(dy, 0), max(dx, 0):width + min(dx, 0)] = \
+        image[max(-dy, 0):height - max(dy, 0), max(-dx, 0):width - max(dx, 0)]
+    return out
+
+
 def test_translate_is_whole_pixel_shift(batch):
     images, _ = batch
     policy = augment.Augmentation(flip=False, translate=0.125, fill_mode="constant", seed=0)
     out = policy.augment_batch(images, tf.constant([5, 0])).numpy()
-    # Every output is the source shifted by whole pixels: the overlap is exact.
-    for original, augmented in zip(images[:8], out[:8]):
-        matches = [
-            (dx, dy) for dx in range(-4, 5) for dy in range(-4, 5)
-            if np.array_equal(
-                np.roll(original, (dy, dx), axis=(0, 1))[4:-4, 4:-4], augmented[4:-4, 4:-4])
-        ]
-        assert matches
+    # Every output is exactly its source shifted by one whole-pixel (dx, dy)
+    # with |dx|, |dy| <= 0.125 * 32, zeros shifted in: no interpolation.
+    shifts = []
+    for original, augmented in zip(images, out):
+        matches = [(dx, dy) for dx in range(-4, 5) for dy in range(-4, 5)
+                   if np.array_equal(_shifted(original, dx, dy), augmented)]
+        assert len(matches) == 1, matches
+        shifts.append(matches[0])
+    # ... and translate does move them: the shifts are spread over the range
+    # (a translate that did nothing would give (0, 0) for every image).
+    moved = [shift for shift in shifts if shift != (0, 0)]
+    assert len(moved) >= 0.75 * len(images), shifts
+    assert len(set(shifts)) >= len(images) // 4, shifts
+    assert {abs(dx) for dx, _ in shifts} >= {1, 2, 3}, shifts
+    assert {abs(dy) for _, dy in shifts} >= {1, 2, 3}, shifts
 
 
 def test_fused_warp_matches_single_reference_warp(batch):

@@ -1,7 +1,6 @@
 """Tests for kerastrain.plots: files written, and the data drawn is the data given."""
 
 import keras
-import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 from PIL import Image
@@ -13,12 +12,15 @@ from kerastrain import toy_problems
 
 @pytest.fixture
 def kept_figures(monkeypatch):
-    """Keeps the figures a plot function closes, to inspect what it drew."""
-    close, figures = plt.close, []
-    monkeypatch.setattr(plt, "close", figures.append)
-    yield figures
-    for figure in figures:
-        close(figure)
+    """Keeps the figures a plot function saves, to inspect what it drew."""
+    save, figures = plots._save, []
+
+    def keep(figure, path, **kwargs):
+        figures.append(figure)
+        return save(figure, path, **kwargs)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    return figures
 
 
 def _lines(figure):

@@ -131,11 +131,60 @@ def test_initial_loss_flags_softmax_applied_twice(batch):
     result = sanity.initial_loss(model, batch)
     assert not result.passed
     assert "softmax is applied twice" in result.advice
+    assert f"e/(e+9) = {math.e / (math.e + 9):.3f}" in result.advice
+    assert result.figures["softmax_of_probabilities"] is None  # one softmax, in the loss
     # The loss value alone looks perfect: softmax of probabilities ~ uniform.
     assert abs(result.figures["difference"]) < 0.05
     # The same outputs with the matching loss pass.
     fixed = _compile(keras.Model(trunk.input, probabilities), from_logits=False)
     assert sanity.initial_loss(fixed, batch).passed
+
+
+def _double_softmax(kind, classes):
+    """A tiny CNN at its default (Glorot) init whose probabilities go through
+    a second softmax; returns the model and the name of that softmax."""
+    keras.utils.set_random_seed(0)
+    trunk = models.small_cnn(classes, width=4, blocks=1)
+    features = trunk.get_layer("features").output
+    if kind == "dense_then_softmax_layer":
+        x = keras.layers.Dense(classes, activation="softmax", name="head")(features)
+        outputs = keras.layers.Softmax(name="second")(x)
+    elif kind == "activations_around_dropout":
+        x = keras.layers.Activation("softmax", name="first")(trunk.output)
+        x = keras.layers.Dropout(0.1)(x)
+        outputs = keras.layers.Activation("softmax", name="second")(x)
+    else:  # "nested": both inside a head model
+        head = keras.Sequential([keras.Input(features.shape[1:]),
+                                 keras.layers.Dense(classes, activation="softmax"),
+                                 keras.layers.Softmax(name="second")], name="head")
+        outputs = head(features)
+    return keras.Model(trunk.input, outputs), "second"
+
+
+@pytest.mark.parametrize("classes", [3, 10])
+@pytest.mark.parametrize("kind", ["dense_then_softmax_layer",
+                                  "activations_around_dropout", "nested"])
+def test_initial_loss_flags_double_softmax_at_default_init(batch, kind, classes):
+    images, labels = batch[0], batch[1] % classes
+    model, second = _double_softmax(kind, classes)
+    # Compiled consistently (probabilities in, from_logits=False) or not at all.
+    if kind != "activations_around_dropout":
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    result = sanity.initial_loss(model, (images, labels), num_classes=classes)
+    # The loss alone looks healthy: softmax of near-uniform probabilities.
+    assert abs(result.figures["difference"]) < 0.05
+    assert not result.passed
+    assert result.figures["softmax_of_probabilities"] == second
+    bound = math.e / (math.e + classes - 1)
+    assert result.figures["max_probability_bound"] == pytest.approx(bound)
+    assert "softmax is applied twice" in result.advice
+    assert f"e/(e+{classes - 1}) = {bound:.3f}" in result.advice
+    # The cap is real: even a huge final layer cannot push any probability past it.
+    head = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    dense = [layer for layer in (head[0].layers if head else model.layers)
+             if isinstance(layer, keras.layers.Dense)][-1]
+    dense.kernel.assign(dense.kernel * 1000.0)
+    assert float(np.max(model(images, training=False))) <= bound + 1e-6
 
 
 def test_initial_loss_flags_logits_given_to_probability_loss(batch):
@@ -152,6 +201,100 @@ def test_initial_loss_flags_overconfident_init(batch):
     assert not result.passed
     assert result.figures["difference"] > 1.0
     assert "overconfident" in result.advice
+
+
+# --- every check, however the model is compiled ---------------------------
+
+
+class _UnregisteredCrossentropy(keras.losses.Loss):
+    """A user's own loss, not registered: Keras cannot rebuild it from a config."""
+
+    def call(self, y_true, y_pred):
+        return keras.losses.sparse_categorical_crossentropy(y_true, y_pred,
+                                                            from_logits=True)
+
+
+def _softmax_cnn():
+    trunk = _tiny_cnn()
+    return keras.Model(trunk.input, keras.layers.Softmax()(trunk.output))
+
+
+# name -> (model, compile arguments, one-hot labels)
+COMPILES = {
+    "strings": (_softmax_cnn, lambda: dict(
+        optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"]),
+        False),
+    "one_hot_strings": (_softmax_cnn, lambda: dict(
+        optimizer="adam", loss="categorical_crossentropy",
+        metrics=["categorical_accuracy"]), True),
+    "objects_from_logits": (_tiny_cnn, lambda: dict(
+        optimizer=keras.optimizers.Adam(3e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy()]), False),
+    "function": (_softmax_cnn, lambda: dict(
+        optimizer="adam", loss=keras.losses.sparse_categorical_crossentropy,
+        metrics=["sparse_categorical_accuracy"]), False),
+    "unregistered_custom_loss": (_tiny_cnn, lambda: dict(
+        optimizer="adam", loss=_UnregisteredCrossentropy(), metrics=["accuracy"]), False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(COMPILES))
+def test_every_check_runs_however_the_model_is_compiled(batch, name):
+    make, arguments, one_hot = COMPILES[name]
+    images, labels = batch[0][:64], batch[1][:64]
+    data = (images, np.eye(10, dtype="float32")[labels] if one_hot else labels)
+
+    def build():
+        model = make()
+        model.compile(**arguments())
+        return model
+
+    # run_checks calls every check: the model ones on build(), the training
+    # ones (too few steps to judge here) on fresh builds.
+    results = sanity.run_checks(build, data, overfit_steps=3, learning_rate_steps=3,
+                                verbose=False)
+    by_name = {r.name: r for r in results}
+    assert list(by_name) == [
+        "data_check", "initial_loss", "gradients", "activation_stats",
+        "regularization_raises_loss", "overfit_small_subset", "learning_rate"]
+    assert all(r.passed for r in results[:5]), sanity.format_table(results)
+    assert abs(by_name["initial_loss"].figures["difference"]) < 0.5
+    for figures in (by_name["overfit_small_subset"].figures,
+                    by_name["learning_rate"].figures):
+        losses = [figures["initial_loss"], figures.get("loss", figures.get("final_loss"))]
+        assert all(math.isfinite(loss) for loss in losses), figures
+    # The penalty reaches the loss by its closed form, also from a builder.
+    keras.utils.set_random_seed(0)
+    model = build()
+    squares = sum(float(np.sum(np.square(w.numpy())))
+                  for w in model.trainable_weights if w.path.endswith("kernel"))
+    result = sanity.regularization_raises_loss(build, data, strengths=(0.0, 1e-2), seed=0)
+    assert result.passed, result.advice
+    assert result.figures["penalties"][1] == pytest.approx(1e-2 * squares, rel=1e-4)
+
+
+def test_metrics_passed_as_loss_weights_are_named_with_the_fix(batch):
+    def build():
+        model = _softmax_cnn()
+        # Keras 2's order; Keras 3 reads the third argument as loss_weights.
+        model.compile("adam", "sparse_categorical_crossentropy", ["accuracy"])
+        return model
+
+    message = (r"`loss_weights` of model.compile\(\).*received "
+               r"loss_weights=\['accuracy'\].*metrics=\['accuracy'\]")
+    data = (batch[0][:32], batch[1][:32])
+    for check in (lambda: sanity.initial_loss(build(), data),
+                  lambda: sanity.gradients(build(), data),
+                  lambda: sanity.regularization_raises_loss(build(), data),
+                  lambda: sanity.regularization_raises_loss(build, data),
+                  lambda: sanity.overfit_small_subset(build, data),
+                  lambda: sanity.learning_rate(build, data),
+                  lambda: sanity.run_checks(build, data, verbose=False)):
+        with pytest.raises(ValueError, match=message):
+            check()
+    # The checks that need no loss still run.
+    assert sanity.activation_stats(build(), data).passed
 
 
 # --- data -----------------------------------------------------------------
@@ -356,6 +499,18 @@ def _uncompiled():
     (lambda m, b: sanity.activation_stats(m, b, layers=["nope"]), "`layers`"),
     (lambda m, b: sanity.gradients("model", b), "`model`"),
     (lambda m, b: sanity.compiled_builder("resnet9000", 10), "`model`"),
+    (lambda m, b: sanity.initial_loss(m, b, tolerance=float("inf")), "`tolerance`"),
+    (lambda m, b: sanity.initial_loss(m, b, examples=True), "`examples`"),
+    (lambda m, b: sanity.regularization_raises_loss(m, b, strengths=(0, float("inf"))),
+     "`strengths`"),
+    (lambda m, b: sanity.regularization_raises_loss(m, b, seed=-1), "`seed`"),
+    (lambda m, b: sanity.activation_stats(m, b, vanishing_ratio=0.5, exploding_ratio=0.1),
+     "`exploding_ratio`"),
+    (lambda m, b: sanity.gradients(m, b, min_norm=-1.0), "`min_norm`"),
+    (lambda m, b: sanity.data_check(b, 10, value_range=("0", 255)), "`value_range`"),
+    (lambda m, b: sanity.learning_rate(_builder(4, 1), b, float("inf")), "`learning_rate`"),
+    (lambda m, b: sanity.run_checks(_builder(4, 1), b, overfit_steps=0), "`overfit_steps`"),
+    (lambda m, b: sanity.run_checks(_builder(4, 1), b, seed=1.5), "`seed`"),
 ])
 def test_bad_arguments_raise_clear_errors(batch, call, message):
     with pytest.raises(ValueError, match=message.replace("`", ".")):

@@ -143,17 +143,34 @@ def test_two_phases_train_what_they_should_and_keep_batch_norm(source_file, targ
     assert changed == ["block2_conv1/kernel", "block2_conv2/kernel"]
 
 
-def test_batch_norm_would_drift_without_inference_mode(source_file, target):
-    # The pitfall the two-phase fine-tuning avoids: a backbone called in
-    # training mode with trainable BatchNorm moves its statistics at once.
+def _statistics(model):
+    return {v.path: v.numpy().copy() for v in model.weights if "/moving_" in v.path}
+
+
+def test_batch_norm_statistics_move_in_plain_keras_but_not_through_kerastrain(
+        source_file, target):
+    # Control, plain Keras: a backbone called in training mode with trainable
+    # BatchNorm moves its statistics at the first step.
     backbone = transfer.backbone(None, (32, 32, 3), source_file)
     inputs = keras.Input((32, 32, 3))
-    model = keras.Model(inputs, keras.layers.Dense(5)(backbone(inputs)))
-    before = _values(model, ["block1_bn1/moving"])
+    plain = keras.Model(inputs, keras.layers.Dense(5)(backbone(inputs)))
+    before = _statistics(plain)
+    plain.compile(keras.optimizers.Adam(1e-4), LOSS)
+    plain.fit(target.train.take(1), shuffle=False, verbose=0)
+    after = _statistics(plain)
+    assert len(before) == 8 and all(not np.allclose(before[k], after[k]) for k in before)
+    # kerastrain, same backbone and batch: build_classifier + unfreeze (every
+    # block, BatchNorm kept frozen) keeps every statistic bit-identical while
+    # the convolutions train.
+    model = _classifier(source_file)
+    transfer.unfreeze(model, top=2)
+    before, weights = _statistics(model), _values(model, ["block"])
     model.compile(keras.optimizers.Adam(1e-4), LOSS)
     model.fit(target.train.take(1), shuffle=False, verbose=0)
-    after = _values(model, ["block1_bn1/moving"])
-    assert all(not np.allclose(before[k], after[k]) for k in before)
+    after, trained = _statistics(model), _values(model, ["block"])
+    assert len(before) == 8 and all(np.array_equal(before[k], after[k]) for k in before)
+    moved = sorted(k for k in weights if not np.array_equal(weights[k], trained[k]))
+    assert moved == [f"block{b}_conv{c}/kernel" for b in (1, 2) for c in (1, 2)]
 
 
 def test_unfreeze_counts_blocks_or_layers(source_file):

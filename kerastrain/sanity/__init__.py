@@ -6,8 +6,9 @@ CS231n notes on babysitting the learning process, as functions that return a
 
 - `data_check`: labels in range, finite pixels in the expected range,
   every class present and roughly balanced;
-- `initial_loss`: the untrained model's loss is about `ln(C)`, and outputs
-  match the loss's `from_logits` (catches softmax applied twice);
+- `initial_loss`: the untrained model's loss is about `ln(C)`, softmax is
+  not applied twice (a softmax layer fed probabilities, or a final softmax
+  under a `from_logits=True` loss), and logits do not meet a probability loss;
 - `gradients`: every trainable weight gets a finite, non-zero gradient;
 - `activation_stats`: per-layer activation mean and std neither vanish nor
   explode with depth (`kerastrain.plots.activation_histograms` draws them);

@@ -3,10 +3,10 @@
 import keras
 import numpy as np
 
+from kerastrain._checks import check_int
+from kerastrain._checks import check_real
 from kerastrain.sanity.core import CheckResult
 from kerastrain.sanity.core import _check_model
-from kerastrain.sanity.core import _check_positive
-from kerastrain.sanity.core import _check_positive_int
 from kerastrain.sanity.core import _preserved_state
 from kerastrain.sanity.core import _take
 
@@ -59,15 +59,10 @@ def activation_stats(model, data, *, examples=256, layers=None, training=False,
     >>> kerastrain.plots.activation_histograms(result.figures["layers"], "a.png")
     """
     _check_model(model)
-    _check_positive_int("examples", examples)
-    _check_positive_int("bins", bins)
-    _check_positive("vanishing_ratio", vanishing_ratio)
-    if not exploding_ratio > vanishing_ratio:
-        raise ValueError(
-            "Invalid value for `exploding_ratio`: expected exploding_ratio > "
-            f"vanishing_ratio={vanishing_ratio}, received "
-            f"exploding_ratio={exploding_ratio!r}"
-        )
+    check_int("examples", examples, minimum=1)
+    check_int("bins", bins, minimum=1)
+    check_real("vanishing_ratio", vanishing_ratio, 0, low_open=True)
+    check_real("exploding_ratio", exploding_ratio, vanishing_ratio, low_open=True)
     chosen = _chosen_layers(model, layers)
     inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
     probe = keras.Model(inputs, [layer.output for layer in chosen])

@@ -3,10 +3,10 @@
 import numpy as np
 import tensorflow as tf
 
+from kerastrain._checks import check_int
+from kerastrain._checks import check_real
 from kerastrain.sanity.core import CheckResult
 from kerastrain.sanity.core import _check_model
-from kerastrain.sanity.core import _check_positive
-from kerastrain.sanity.core import _check_positive_int
 from kerastrain.sanity.core import _preserved_state
 from kerastrain.sanity.core import _take
 from kerastrain.sanity.losses import _resolve_loss
@@ -49,8 +49,8 @@ def gradients(model, data, *, examples=32, min_norm=0.0, from_logits=None):
     0.41
     """
     _check_model(model)
-    _check_positive_int("examples", examples)
-    _check_positive("min_norm", min_norm, allow_zero=True)
+    check_int("examples", examples, minimum=1)
+    check_real("min_norm", min_norm, 0)
     x, y = _take(data, examples)
     variables = model.trainable_variables
     if not variables:

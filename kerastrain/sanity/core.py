@@ -8,6 +8,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kerastrain._checks import check
+from kerastrain._checks import check_int
+from kerastrain._checks import check_seed
+from kerastrain._checks import fail
+from kerastrain._checks import is_real
+
 
 @dataclasses.dataclass
 class CheckResult:
@@ -91,45 +97,55 @@ def _num_classes(num_classes, data=None, model=None):
         num_classes = getattr(data, "num_classes", None)
     if num_classes is None and model is not None:
         num_classes = model.output_shape[-1]
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or (
-        num_classes < 2
-    ):
-        raise ValueError(
-            "Invalid value for `num_classes`: expected an int >= 2, received "
-            f"num_classes={num_classes!r}"
-        )
-    return num_classes
+    return check_int("num_classes", num_classes, minimum=2)
 
 
 def _check_model(model):
-    if not isinstance(model, keras.Model):
+    return check("model", model, isinstance(model, keras.Model), "a keras.Model")
+
+
+def _check_compile(model):
+    """Refuses a compiled model whose loss Keras cannot compute, saying why.
+
+    Keras 3 reads `compile(optimizer, loss, loss_weights, metrics)`: the
+    Keras 2 habit `compile("adam", loss, ["accuracy"])` passes the metrics
+    as loss weights, and every loss computation (`fit` included) then fails
+    deep inside Keras with "dtype='string' is not a valid dtype".
+    """
+    try:
+        weights = model.get_compile_config().get("loss_weights")
+    except (OSError, TypeError, ValueError):
+        # A loss Keras cannot serialize (a lambda without source): its
+        # weights cannot be read; nothing else depends on them here.
+        return model
+    if weights is not None and not all(is_real(w) for w in keras.tree.flatten(weights)):
         raise ValueError(
-            "Invalid value for `model`: expected a keras.Model, received "
-            f"{type(model).__name__}."
+            "Invalid value for `loss_weights` of model.compile(): expected numbers, "
+            f"received loss_weights={weights!r}. Keras 3's compile takes (optimizer, "
+            "loss, loss_weights, metrics), so a third positional argument is read as "
+            "loss weights, not as metrics as in Keras 2, and no loss can be computed "
+            "(fit fails too). Pass the metrics by keyword: model.compile(optimizer, "
+            f"loss, metrics={weights!r})."
         )
     return model
 
 
 def _fresh_model(build_model, seed=None):
     """Calls `build_model()` (seeded) and checks that it is compiled."""
-    if isinstance(build_model, keras.Model) or not callable(build_model):
-        raise ValueError(
-            "Invalid value for `build_model`: expected a zero-argument "
-            "callable returning a fresh compiled keras.Model, received "
-            f"{type(build_model).__name__}."
-        )
+    expected = "a zero-argument callable returning a fresh compiled keras.Model"
+    check("build_model", build_model,
+          callable(build_model) and not isinstance(build_model, keras.Model), expected)
+    check_seed("seed", seed)
     if seed is not None:
         keras.utils.set_random_seed(seed)
     model = build_model()
     if not isinstance(model, keras.Model) or not model.compiled:
-        raise ValueError(
-            "Invalid value for `build_model`: it must return a compiled "
-            "keras.Model (call `model.compile(optimizer, loss)` inside it), "
-            f"received {type(model).__name__}"
-            + ("" if not isinstance(model, keras.Model) else " (not compiled)")
-            + "."
-        )
-    return model
+        returned = ("a keras.Model that is not compiled" if isinstance(model, keras.Model)
+                    else f"a {type(model).__name__}")
+        fail("build_model", build_model,
+             f"{expected} (call `model.compile(optimizer, loss)` inside it); it "
+             f"returned {returned}")
+    return _check_compile(model)
 
 
 def _set_learning_rate(model, learning_rate):
@@ -141,25 +157,6 @@ def _set_learning_rate(model, learning_rate):
             "LearningRateSchedule, whose rate cannot be set; pass "
             f"learning_rate=None to use it as compiled ({error})"
         ) from error
-
-
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(
-            f"Invalid value for `{name}`: expected an int >= 1, received "
-            f"{name}={value!r}"
-        )
-
-
-def _check_positive(name, value, allow_zero=False):
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    ok = ok and math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(
-            f"Invalid value for `{name}`: expected a finite number {bound}, "
-            f"received {name}={value!r}"
-        )
 
 
 @contextlib.contextmanager

@@ -3,6 +3,9 @@
 import numpy as np
 import tensorflow as tf
 
+from kerastrain._checks import check_real
+from kerastrain._checks import fail
+from kerastrain._checks import is_real
 from kerastrain.sanity.core import CheckResult
 from kerastrain.sanity.core import _batches
 from kerastrain.sanity.core import _num_classes
@@ -51,11 +54,7 @@ def data_check(data, num_classes=None, *, value_range=(0, 255),
         )
     num_classes = _num_classes(num_classes, data)
     low, high = _check_range(value_range)
-    if not max_imbalance >= 1:
-        raise ValueError(
-            "Invalid value for `max_imbalance`: expected max_imbalance >= 1, "
-            f"received max_imbalance={max_imbalance!r}"
-        )
+    check_real("max_imbalance", max_imbalance, 1)
     totals = _Totals(num_classes)
     source = getattr(data, "train", data)
     if isinstance(source, tf.data.Dataset):
@@ -160,13 +159,7 @@ class _Totals:
 
 
 def _check_range(value_range):
-    try:
-        low, high = (float(v) for v in value_range)
-    except (TypeError, ValueError):
-        low = high = None
-    if low is None or not low < high:
-        raise ValueError(
-            "Invalid value for `value_range`: expected (low, high) with low < "
-            f"high, such as (0, 255), received value_range={value_range!r}"
-        )
-    return low, high
+    pair = tuple(value_range) if isinstance(value_range, (list, tuple)) else ()
+    if len(pair) != 2 or not all(is_real(v) for v in pair) or not pair[0] < pair[1]:
+        fail("value_range", value_range, "(low, high) with low < high, such as (0, 255)")
+    return float(pair[0]), float(pair[1])

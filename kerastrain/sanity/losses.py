@@ -8,10 +8,14 @@ import keras
 import numpy as np
 
 from kerastrain import regularizers
+from kerastrain._checks import check_int
+from kerastrain._checks import check_real
+from kerastrain._checks import check_seed
+from kerastrain._checks import fail
+from kerastrain._checks import is_real
 from kerastrain.sanity.core import CheckResult
+from kerastrain.sanity.core import _check_compile
 from kerastrain.sanity.core import _check_model
-from kerastrain.sanity.core import _check_positive
-from kerastrain.sanity.core import _check_positive_int
 from kerastrain.sanity.core import _fresh_model
 from kerastrain.sanity.core import _num_classes
 from kerastrain.sanity.core import _preserved_state
@@ -28,11 +32,14 @@ def initial_loss(model, data, *, num_classes=None, from_logits=None,
     so its softmax cross-entropy is `-ln(1/C) = ln(C)` (2.303 for 10
     classes). A loss far above that means an overconfident initialization
     (e.g. a large final layer); far below it, labels leaking into the inputs.
-    Independently of the value, the check compares the model's outputs with
-    what the loss expects: probabilities (a final softmax) fed to a loss with
-    `from_logits=True` mean softmax is applied twice -- a bug that keeps the
-    loss at almost exactly `ln(C)` while crippling training -- and logits fed
-    to a loss with `from_logits=False` are not probabilities at all.
+    Independently of the value, the check looks for softmax applied twice, a
+    bug that keeps the initial loss at almost exactly `ln(C)` (softmax of
+    near-uniform probabilities is near uniform) while capping every predicted
+    probability at `e / (e + C - 1)` (0.23 for 10 classes) for good: a
+    `Softmax` layer or `Activation("softmax")` whose input is already
+    probabilities (read off the model's graph and one forward pass), or
+    probabilities (a final softmax) fed to a loss with `from_logits=True`.
+    Logits fed to a loss with `from_logits=False` are caught too.
 
     The loss is the one the model is compiled with (without its weight
     penalties); it must be a categorical cross-entropy. An uncompiled model
@@ -59,8 +66,11 @@ def initial_loss(model, data, *, num_classes=None, from_logits=None,
 
     Returns:
         A `CheckResult` with figures `loss`, `expected` (`ln(C)`),
-        `difference`, `num_classes`, `from_logits` and
-        `outputs_are_probabilities`.
+        `difference`, `num_classes`, `from_logits`,
+        `outputs_are_probabilities`, `softmax_of_probabilities` (the layer
+        applying softmax to probabilities, or `None`) and
+        `max_probability_bound` (`e / (e + C - 1)` when softmax is applied
+        twice, else `None`).
 
     Example:
 
@@ -69,8 +79,8 @@ def initial_loss(model, data, *, num_classes=None, from_logits=None,
     (True, 2.41, 2.303)
     """
     _check_model(model)
-    _check_positive("tolerance", tolerance)
-    _check_positive_int("examples", examples)
+    check_real("tolerance", tolerance, 0, low_open=True)
+    check_int("examples", examples, minimum=1)
     x, y = _take(data, examples)
     num_classes = _num_classes(num_classes, data, model)
     with _preserved_state(model):
@@ -79,6 +89,10 @@ def initial_loss(model, data, *, num_classes=None, from_logits=None,
     value = float(np.mean(np.asarray(loss_fn(y, outputs))))
     expected = math.log(num_classes)
     probabilities = _are_probabilities(outputs)
+    inner = _softmax_of_probabilities(model, x)
+    twice = inner is not None or bool(expects_logits and probabilities)
+    width = inner[1] if inner is not None else outputs.shape[-1]
+    bound = math.e / (math.e + width - 1) if twice else None
     figures = {
         "loss": value,
         "expected": expected,
@@ -86,15 +100,26 @@ def initial_loss(model, data, *, num_classes=None, from_logits=None,
         "num_classes": num_classes,
         "from_logits": expects_logits,
         "outputs_are_probabilities": probabilities,
+        "softmax_of_probabilities": inner[0] if inner is not None else None,
+        "max_probability_bound": bound,
     }
     if not math.isfinite(value):
         return CheckResult("initial_loss", False, figures,
                            f"The loss at initialization is {value}: look for "
                            "log(0) or overflowing activations.")
-    if expects_logits and probabilities:
-        advice = ("The model outputs probabilities but the loss expects logits "
-                  "(from_logits=True): softmax is applied twice. Drop the final "
-                  "softmax, or compile with from_logits=False.")
+    if twice:
+        capped = (f"so no predicted probability can ever exceed e/(e+{width - 1}) = "
+                  f"{bound:.3f} and the loss never falls below {-math.log(bound):.3f}, "
+                  f"although it looks healthy now ({value:.3f} vs ln({num_classes}) = "
+                  f"{expected:.3f})")
+        if inner is not None:
+            advice = (f"Layer '{inner[0]}' applies softmax to outputs that are already "
+                      f"probabilities: softmax is applied twice, {capped}. Remove one "
+                      "of the two softmaxes.")
+        else:
+            advice = ("The model outputs probabilities but the loss expects logits "
+                      f"(from_logits=True): softmax is applied twice, {capped}. Drop "
+                      "the final softmax, or compile with from_logits=False.")
     elif expects_logits is False and not probabilities:
         advice = ("The model outputs logits but the loss expects probabilities "
                   "(from_logits=False). Compile with from_logits=True, or end "
@@ -121,10 +146,15 @@ def regularization_raises_loss(model, data, *, strengths=(0.0, 1e-3, 1e-2),
     Copies of the model carrying `keras.regularizers.L2(strength)` on every
     kernel are made with `kerastrain.regularizers.apply`, so all copies have
     the same weights and predictions and only the penalty differs; the loss
-    each would minimize (the compiled loss plus `model.losses`, evaluated in
-    inference mode) must rise strictly with the strength. A flat loss means
-    the penalty never reaches the objective (no regularizable weights, or
-    regularizers set on an already built model, which Keras ignores).
+    each would minimize (the model's compiled loss plus the copy's
+    `losses`, the penalties `fit` adds, evaluated in inference mode) must
+    rise strictly with the strength. A flat loss means the penalty never
+    reaches the objective (no regularizable weights, or regularizers set on
+    an already built model, which Keras ignores). The copies are made from
+    an uncompiled view of the model (its own layers), so they never
+    recompile: a loss, metric or optimizer Keras could not rebuild from its
+    config (a custom class that is not registered, a lambda) works as in
+    `fit`.
 
     Args:
         model: a `keras.Model`, or a zero-argument callable returning a fresh
@@ -148,19 +178,23 @@ def regularization_raises_loss(model, data, *, strengths=(0.0, 1e-3, 1e-2),
     [2.46, 2.57, 3.54]
     """
     strengths = _check_strengths(strengths)
-    _check_positive_int("examples", examples)
+    check_int("examples", examples, minimum=1)
+    check_seed("seed", seed)
     if not isinstance(model, keras.Model):
         model = _fresh_model(model, seed)
     x, y = _take(data, examples)
+    outputs = model(x, training=False)
+    loss_fn, _ = _resolve_loss(model, np.asarray(outputs), y, None)
+    view = _uncompiled_view(model)
     losses = []
     for strength in strengths:
         try:
-            copy = regularizers.apply(model, keras.regularizers.L2(strength))
+            copy = regularizers.apply(view, keras.regularizers.L2(strength))
         except ValueError as error:
             return CheckResult("regularization_raises_loss", False,
                                {"strengths": list(strengths)},
                                f"No weight penalty can be added: {error}")
-        losses.append(_total_loss(copy, x, y))
+        losses.append(_total_loss(copy, loss_fn, x, y))
     penalties = [loss - losses[0] for loss in losses]
     figures = {"strengths": list(strengths), "losses": losses,
                "penalties": penalties}
@@ -176,12 +210,28 @@ def regularization_raises_loss(model, data, *, strengths=(0.0, 1e-3, 1e-2),
                        "are set when the layers are built.")
 
 
-def _total_loss(model, x, y):
-    """The loss `fit` would minimize: compiled loss plus weight penalties."""
+def _uncompiled_view(model):
+    """A new functional model on `model`'s own layers, not compiled.
+
+    `keras.models.clone_model` recompiles the clone of a compiled model from
+    its serialized compile config, which fails for custom losses and metrics
+    that are not registered; a clone of this view is never compiled. A model
+    without a graph (subclassed) is returned as it is.
+    """
+    if not model.compiled:
+        return model
+    try:
+        inputs, outputs = model.inputs, model.outputs
+    except (AttributeError, ValueError):
+        return model
+    return keras.Model(inputs[0] if len(inputs) == 1 else inputs,
+                       outputs[0] if len(outputs) == 1 else outputs, name=model.name)
+
+
+def _total_loss(model, loss_fn, x, y):
+    """The loss `fit` would minimize: data loss plus `model.losses` (the
+    weight and activity penalties, collected by the forward pass)."""
     outputs = model(x, training=False)
-    if model.compiled and model.loss is not None:
-        return float(model.compute_loss(x=x, y=y, y_pred=outputs, training=False))
-    loss_fn, _ = _resolve_loss(model, np.asarray(outputs), y, None)
     penalty = sum(float(loss) for loss in model.losses)
     return float(np.mean(np.asarray(loss_fn(y, outputs)))) + penalty
 
@@ -192,6 +242,7 @@ def _resolve_loss(model, outputs, labels, from_logits):
     `expects_logits` is `None` when it cannot be read off the loss.
     """
     if model.compiled and model.loss is not None:
+        _check_compile(model)
         if from_logits is not None:
             raise ValueError(
                 "Invalid value for `from_logits`: the model is compiled, so "
@@ -242,15 +293,56 @@ def _are_probabilities(outputs):
     )
 
 
+def _softmax_of_probabilities(model, x):
+    """Finds a softmax applied to probabilities: `(layer name, width)` or `None`.
+
+    The candidates are read off the graph: `Softmax` layers and
+    `Activation("softmax")` layers, also inside nested models. One forward
+    pass gives each candidate's input; rows that are already probabilities
+    (non-negative, summing to one) mean softmax is applied twice, whatever
+    produced them (a `Dense(activation="softmax")`, a `Softmax`, a nested
+    model ending in one, with any reshaping or dropout in between). A model
+    without a graph (subclassed) has no candidates.
+    """
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        return None
+    probes = []
+    for layer in model.layers:
+        if _is_softmax(layer) or isinstance(layer, keras.Model):
+            try:
+                probes.append((layer, layer.input))
+            except (AttributeError, ValueError):  # never called: not in the graph
+                continue
+    try:
+        probe = keras.Model(inputs[0] if len(inputs) == 1 else inputs,
+                            [tensor for _, tensor in probes])
+    except ValueError:  # no candidates, or one first called in another graph
+        return None
+    values = probe(x, training=False)
+    values = values if isinstance(values, (list, tuple)) else [values]
+    for (layer, _), value in zip(probes, values):
+        if isinstance(layer, keras.Model):
+            found = _softmax_of_probabilities(layer, value)
+            if found is not None:
+                return found
+        elif _are_probabilities(np.asarray(value).reshape(-1, value.shape[-1])):
+            return layer.name, int(value.shape[-1])
+    return None
+
+
+def _is_softmax(layer):
+    if isinstance(layer, keras.layers.Softmax):
+        return True
+    return (isinstance(layer, keras.layers.Activation)
+            and getattr(layer.activation, "__name__", None) == "softmax")
+
+
 def _check_strengths(strengths):
     values = tuple(strengths) if isinstance(strengths, (list, tuple)) else ()
-    valid = len(values) >= 2 and all(
-        isinstance(s, (int, float)) and not isinstance(s, bool)
-        and math.isfinite(s) and s >= 0 for s in values)
+    valid = len(values) >= 2 and all(is_real(s) and s >= 0 for s in values)
     if not valid or any(b <= a for a, b in zip(values, values[1:])):
-        raise ValueError(
-            "Invalid value for `strengths`: expected at least two strictly "
-            "increasing numbers >= 0, such as (0.0, 1e-3, 1e-2), received "
-            f"strengths={strengths!r}"
-        )
+        fail("strengths", strengths, "at least two strictly increasing numbers "
+             ">= 0, such as (0.0, 1e-3, 1e-2)")
     return tuple(float(s) for s in values)

@@ -1,17 +1,19 @@
 """Run every sanity check on one model builder and write a report."""
 
 import inspect
-import json
 import os
 
 import keras
 
 from kerastrain import models
 from kerastrain import optimizers
+from kerastrain import _io
 from kerastrain import plots
+from kerastrain._checks import check_int
+from kerastrain._checks import check_real
+from kerastrain._checks import check_seed
 from kerastrain.sanity.activations import activation_stats
 from kerastrain.sanity.backprop import gradients
-from kerastrain.sanity.core import _check_positive
 from kerastrain.sanity.core import _fresh_model
 from kerastrain.sanity.core import _jsonable
 from kerastrain.sanity.core import _num_classes
@@ -70,7 +72,10 @@ def run_checks(build_model, data, *, learning_rate=None, num_classes=None,
     True
     """
     if learning_rate is not None:
-        _check_positive("learning_rate", learning_rate, allow_zero=True)
+        check_real("learning_rate", learning_rate, 0)
+    check_seed("seed", seed)
+    check_int("overfit_steps", overfit_steps, minimum=1)
+    check_int("learning_rate_steps", learning_rate_steps, minimum=1)
     model = _fresh_model(build_model, seed)
     num_classes = _num_classes(num_classes, data, model)
     trainer = _with_learning_rate(build_model, learning_rate)
@@ -163,7 +168,7 @@ def format_table(results):
 def write_report(results, output_dir):
     """Writes `sanity.md`, `sanity.json` and `activations.png` (when the
     results include `activation_stats`) to `output_dir`; returns the paths."""
-    os.makedirs(output_dir, exist_ok=True)
+    _io.makedirs(output_dir)
     paths = {}
     stats = next((r for r in results if r.name == "activation_stats"), None)
     if stats is not None:
@@ -172,12 +177,9 @@ def write_report(results, output_dir):
     report = {"passed": all(r.passed for r in results),
               "results": [r.to_dict() for r in results],
               "files": {k: os.path.basename(v) for k, v in paths.items()}}
-    paths["json"] = os.path.join(output_dir, "sanity.json")
-    with open(paths["json"], "w") as f:
-        json.dump(report, f, indent=2)
-    paths["markdown"] = os.path.join(output_dir, "sanity.md")
-    with open(paths["markdown"], "w") as f:
-        f.write(_markdown(results, report["files"]))
+    paths["json"] = _io.write_json(os.path.join(output_dir, "sanity.json"), report)
+    paths["markdown"] = _io.write_text(os.path.join(output_dir, "sanity.md"),
+                                       _markdown(results, report["files"]))
     return paths
 
 

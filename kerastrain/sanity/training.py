@@ -6,9 +6,9 @@ import math
 import keras
 import numpy as np
 
+from kerastrain._checks import check_int
+from kerastrain._checks import check_real
 from kerastrain.sanity.core import CheckResult
-from kerastrain.sanity.core import _check_positive
-from kerastrain.sanity.core import _check_positive_int
 from kerastrain.sanity.core import _fresh_model
 from kerastrain.sanity.core import _set_learning_rate
 from kerastrain.sanity.core import _take
@@ -51,14 +51,10 @@ def overfit_small_subset(build_model, data, *, examples=20, max_steps=300,
     >>> overfit_small_subset(build, data).figures["steps"]
     12
     """
-    _check_positive_int("examples", examples)
-    _check_positive_int("max_steps", max_steps)
-    if not 0 < target_accuracy <= 1:
-        raise ValueError(
-            "Invalid value for `target_accuracy`: expected 0 < "
-            f"target_accuracy <= 1, received target_accuracy={target_accuracy!r}"
-        )
-    _check_positive("target_loss", target_loss)
+    check_int("examples", examples, minimum=1)
+    check_int("max_steps", max_steps, minimum=1)
+    check_real("target_accuracy", target_accuracy, 0, 1, low_open=True)
+    check_real("target_loss", target_loss, 0, low_open=True)
     x, y = _take(data, examples)
     if len(y) < examples:
         raise ValueError(
@@ -132,11 +128,11 @@ def learning_rate(build_model, data, learning_rate=None, *, steps=20,
     >>> learning_rate(build, data, 0.0).figures["verdict"]
     'too_low'
     """
-    _check_positive_int("steps", steps)
-    _check_positive_int("examples", examples)
-    _check_positive("min_decrease", min_decrease)
+    check_int("steps", steps, minimum=1)
+    check_int("examples", examples, minimum=1)
+    check_real("min_decrease", min_decrease, 0, low_open=True)
     if learning_rate is not None:
-        _check_positive("learning_rate", learning_rate, allow_zero=True)
+        check_real("learning_rate", learning_rate, 0)
     model = _fresh_model(build_model, seed)
     if learning_rate is not None:
         _set_learning_rate(model, learning_rate)
