@@ -9,17 +9,15 @@ evaluation. `Ensemble` is a `keras.Model`: `compile`, `evaluate`, `predict`,
 `.keras` saving and `export_saved_model` (one graph) all work on it.
 """
 
-import json
 import os
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from kerastrain import _checks
+from kerastrain import _checks, _manifest
 
 _COMBINE_MODES = ("mean_probs", "mean_logits")
-_MANIFEST = "manifest.json"
 
 
 @keras.saving.register_keras_serializable(package="kerastrain")
@@ -77,10 +75,10 @@ class Ensemble(keras.Model):
     def from_directory(cls, path, **kwargs):
         """Loads every `.keras` member saved in `path` into one ensemble.
 
-        If `path/manifest.json` exists (`{"snapshots": [{"file": ...,
-        "epoch": ..., "step": ...}, ...]}`, as `SnapshotEnsemble` writes it)
-        its files are loaded in the listed order; otherwise every `*.keras`
-        file, sorted by name.
+        If `path/manifest.json` exists (as `SnapshotEnsemble` writes it:
+        `{"version": 1, "snapshots": [{"index": ..., "file": ..., "epoch": ...,
+        "step": ...}, ...]}`) its files are loaded in the listed order;
+        otherwise every `*.keras` file, sorted by name.
 
         Args:
             path: directory holding the `.keras` files.
@@ -266,13 +264,13 @@ def _member_files(path):
             f"Invalid value for `path`: {path!r} is not a directory; pass the "
             "directory holding the `.keras` members (e.g. the SnapshotEnsemble "
             "directory).")
-    manifest = os.path.join(path, _MANIFEST)
-    if os.path.exists(manifest):
-        files = [os.path.join(path, f) for f in _read_manifest(manifest)]
+    entries = _manifest.read(path)
+    if entries is not None:
+        files = [os.path.join(path, entry["file"]) for entry in entries]
         missing = [f for f in files if not os.path.isfile(f)]
         if missing:
-            raise FileNotFoundError(
-                f"The manifest {manifest!r} lists files that do not exist: {missing}")
+            raise FileNotFoundError(f"The manifest {_manifest.path(path)!r} lists files "
+                                    f"that do not exist: {missing}")
     else:
         files = sorted(os.path.join(path, f) for f in os.listdir(path)
                        if f.endswith(".keras"))
@@ -281,16 +279,3 @@ def _member_files(path):
             f"Invalid value for `path`: {path!r} holds no `.keras` models; save "
             "members there first (e.g. with kerastrain.callbacks.SnapshotEnsemble).")
     return files
-
-
-def _read_manifest(manifest):
-    """The member file names a `manifest.json` lists, in order."""
-    try:
-        with open(manifest) as f:
-            files = [entry["file"] for entry in json.load(f)["snapshots"]]
-    except (ValueError, KeyError, TypeError):
-        files = None
-    if files is not None and all(isinstance(f, str) for f in files):
-        return files
-    raise ValueError(f"Invalid manifest {manifest!r}: expected JSON of the form "
-                     '{"snapshots": [{"file": "snapshot_00.keras", ...}, ...]}.')

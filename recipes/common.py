@@ -357,22 +357,6 @@ def regularizer(config):
     }[config["regularizer"]]()
 
 
-def snapshot_steps(schedule, total_steps):
-    """The last step of every cycle of a cyclic schedule within `total_steps`."""
-    offset = 0
-    if isinstance(schedule, kt.schedules.Warmup):
-        offset, schedule = schedule.warmup_steps, schedule.schedule
-    if isinstance(schedule, kt.schedules.WarmRestarts):
-        ends = schedule.cycle_end_steps(total_steps - offset)
-    elif isinstance(schedule, kt.schedules.CyclicalLearningRate):
-        period = 2 * int(schedule.step_size)
-        ends = list(range(period - 1, total_steps - offset, period))
-    else:
-        raise ValueError(f"Snapshots need a schedule with cycles (warm_restarts or "
-                         f"cyclical), received {type(schedule).__name__}")
-    return [offset + end for end in ends]
-
-
 # -- training -----------------------------------------------------------------
 
 
@@ -419,7 +403,12 @@ def snapshot_callback(config, schedule, total_steps, snapshot_dir, budget):
         budget: the training the `total_steps` stand for, named in the error
             when the schedule completes too few cycles.
     """
-    ends = snapshot_steps(schedule, total_steps)
+    try:
+        ends = kt.schedules.cycle_end_steps(schedule, total_steps)
+    except ValueError:
+        raise ValueError(f"--snapshots={config['snapshots']} needs a --schedule with cycles "
+                         f"(one of {list(CYCLIC_SCHEDULES)}), received "
+                         f"--schedule={config['schedule']}") from None
     if len(ends) < config["snapshots"]:
         raise ValueError(
             f"--snapshots={config['snapshots']} but the schedule completes only "

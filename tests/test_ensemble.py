@@ -182,9 +182,9 @@ def test_from_directory_without_manifest_sorts_by_name(members, snapshot_dir, im
 def test_from_directory_follows_manifest_order(members, snapshot_dir, images, tmp_path):
     for f in os.listdir(snapshot_dir):
         os.symlink(snapshot_dir / f, tmp_path / f)
-    manifest = {"snapshots": [
-        {"file": "snapshot_02.keras", "epoch": 9, "step": 90},
-        {"file": "snapshot_00.keras", "epoch": 3, "step": 30},
+    manifest = {"version": 1, "snapshots": [
+        {"index": 1, "file": "snapshot_02.keras", "epoch": 9, "step": 90},
+        {"index": 2, "file": "snapshot_00.keras", "epoch": 3, "step": 30},
     ]}
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     ensemble = Ensemble.from_directory(tmp_path, weights=[3, 1])
@@ -204,7 +204,8 @@ def test_from_directory_follows_manifest_order(members, snapshot_dir, images, tm
 def test_from_directory_errors(tmp_path, layout, error, match):
     if layout == "manifest_missing_file":
         (tmp_path / "manifest.json").write_text(
-            json.dumps({"snapshots": [{"file": "snapshot_00.keras"}]}))
+            json.dumps({"snapshots": [{"index": 1, "file": "snapshot_00.keras",
+                                       "epoch": 0, "step": 9}]}))
     elif layout == "manifest_malformed":
         (tmp_path / "manifest.json").write_text(json.dumps({"files": ["a.keras"]}))
     elif layout == "manifest_not_json":

@@ -148,6 +148,103 @@ def test_cycle_ends_fractional_t_mul_and_epochs():
     assert schedule.cycle_end_epochs(epochs=13, steps_per_epoch=10) == [1, 5]
 
 
+def _restart_ends(first, t_mul, total, offset=0):
+    """Closed form: cycle i ends before step first * (1 + t_mul + ... + t_mul**i)."""
+    ends, i = [], 0
+    while True:
+        end = offset + math.ceil(first * sum(t_mul ** j for j in range(i + 1))) - 1
+        if end >= total:
+            return ends
+        ends.append(end)
+        i += 1
+
+
+# name -> (schedule, total steps, closed-form cycle ends)
+CYCLIC = {
+    "triangular": (CyclicalLearningRate(0.01, 0.1, 5), 47, [9, 19, 29, 39]),
+    "exp_range": (CyclicalLearningRate(0.01, 0.1, 4, "exp_range", gamma=0.99), 40,
+                  [8 * k - 1 for k in range(1, 6)]),
+    "restarts_t2": (WarmRestarts(0.1, 6, t_mul=2.0, m_mul=0.7), 100, _restart_ends(6, 2.0, 100)),
+    "warmup_triangular": (Warmup(CyclicalLearningRate(0.01, 0.1, 5), 7), 47,
+                          [7 + 10 * k - 1 for k in range(1, 5)]),
+    "warmup_restarts": (Warmup(WarmRestarts(0.1, 4, t_mul=1.5), 3), 60,
+                        _restart_ends(4, 1.5, 60, offset=3)),
+    "keras_restarts_t1.5": (keras.optimizers.schedules.CosineDecayRestarts(0.1, 4, t_mul=1.5),
+                            60, _restart_ends(4, 1.5, 60)),
+    "keras_restarts_t3": (keras.optimizers.schedules.CosineDecayRestarts(
+        0.1, 5, t_mul=3.0, m_mul=0.5, alpha=0.1), 200, _restart_ends(5, 3.0, 200)),
+    "warmup_keras_restarts": (
+        Warmup(keras.optimizers.schedules.CosineDecayRestarts(0.1, 5, t_mul=2.0), 4), 80,
+        _restart_ends(5, 2.0, 80, offset=4)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CYCLIC))
+def test_cycle_end_steps_of_every_cyclic_schedule(case):
+    schedule, total, expected = CYCLIC[case]
+    ends = schedules.cycle_end_steps(schedule, total)
+    assert ends == expected and len(ends) >= 3
+    if hasattr(schedule, "cycle_end_steps"):  # the schedule answers for itself
+        assert schedule.cycle_end_steps(total) == expected
+    # Each cycle ends where the rate reaches its minimum: the rate falls into
+    # the end, and the cycle (with the step after it) has no lower rate.
+    rates = _values(schedule, range(total + 1))
+    warmup = schedule.warmup_steps if isinstance(schedule, Warmup) else 0
+    for start, end in zip([warmup] + [e + 1 for e in ends], ends):
+        assert rates[end] < rates[end - 1]
+        assert min(rates[end], rates[end + 1]) == rates[start:end + 2].min()
+
+
+def test_warmup_cycle_ends_within_the_warmup():
+    schedule = Warmup(WarmRestarts(0.1, 1, t_mul=1.0), 5)
+    assert schedules.cycle_end_steps(schedule, 3) == []
+    assert schedules.cycle_end_steps(schedule, 7) == [5, 6]
+
+
+@pytest.mark.parametrize("schedule, received", [
+    (0.1, "received 0.1"),
+    (StepDecay(0.1, drop_every_steps=3), "received StepDecay"),
+    (OneCycle(0.1, 100), "received OneCycle"),
+    (keras.optimizers.schedules.CosineDecay(0.1, 100), "received CosineDecay"),
+    (Warmup(0.1, 5), "received a Warmup around 0.1"),
+    (Warmup(StepDecay(0.1, drop_every_steps=3), 5), "received a Warmup around StepDecay"),
+])
+def test_cycle_end_steps_refuses_schedules_without_cycles(schedule, received):
+    with pytest.raises(ValueError, match=f"Invalid value for `schedule`.*{received}, "
+                                         "which has no cycle ends"):
+        schedules.cycle_end_steps(schedule, 100)
+
+
+@pytest.mark.parametrize("base_lr", [0.1, 0.0])
+def test_exp_range_matches_tensorflow_addons_reference(base_lr):
+    # TensorFlow Addons' testExponentialCyclicalLearningRate: rates 0.1 .. 1,
+    # half cycle 2000, gamma 0.996, 8001 steps against the float64 formula
+    # at rtol 1e-6. A float32 `gamma ** t` is 1.6e-5 off at t = 2000; with
+    # base_lr = 0 nothing hides that error.
+    t = np.arange(8001)
+    schedule = CyclicalLearningRate(base_lr, 1.0, 2000, "exp_range", gamma=0.996)
+    expected = _clr(t.astype(np.float64), base_lr, 1.0, 2000, "exp_range", 0.996)
+    np.testing.assert_allclose(_values(schedule, t), expected, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("make, reference", [
+    (lambda: CyclicalLearningRate(0.01, 0.1, 5),
+     lambda t: 0.01 + 0.09 * min(t % 10, 10 - t % 10) / 5),
+    (lambda: CyclicalLearningRate(0.0, 0.1, 5, "exp_range", gamma=1 - 1e-9),
+     lambda t: 0.1 * min(t % 10, 10 - t % 10) / 5 * math.exp(t * math.log1p(-1e-9))),
+    (lambda: Warmup(CyclicalLearningRate(0.01, 0.1, 5), 3),
+     lambda t: 0.01 + 0.09 * min((t - 3) % 10, 10 - (t - 3) % 10) / 5),
+])
+def test_cyclical_phase_is_exact_past_2_to_the_24_steps(make, reference):
+    # A float32 step cannot tell 2**24 from 2**24 + 1, and `t / s` in float32
+    # loses the phase well before; `optimizer.iterations` is an int64.
+    steps = [2 ** 24 - 3, 2 ** 24 + 1, 2 ** 24 + 7, 3 * 2 ** 24 + 5, 10 ** 9 + 3]
+    schedule = make()
+    expected = [reference(t) for t in steps]
+    np.testing.assert_allclose(_values(schedule, steps), expected, rtol=1e-6)
+    assert [float(schedule(t)) for t in steps] == pytest.approx(expected, rel=1e-6)
+
+
 SERIALIZABLE = ["step_periodic", "step_milestones", "triangular2", "exp_range", "restarts",
                 "one_cycle_linear", "warmup_float", "warmup_step"]
 

@@ -1,15 +1,13 @@
 """Snapshot ensembles (Huang et al., 2017) as a Keras callback."""
 
-import json
 import os
 import re
 
 import keras
 
-from kerastrain import _checks, _io
-from kerastrain.schedules import WarmRestarts
+from kerastrain import _checks, _io, _manifest
+from kerastrain.schedules import cycle_end_steps as _cycle_end_steps
 
-MANIFEST = "manifest.json"
 _SNAPSHOT = re.compile(r"snapshot_\d+\.keras$")
 _LRS = keras.optimizers.schedules.LearningRateSchedule
 
@@ -28,8 +26,9 @@ class SnapshotEnsemble(keras.callbacks.Callback):
     Cycle `i` (1-based) is saved as `directory/snapshot_{i:02d}.keras`, written
     to a temporary file and renamed, so an interrupted save leaves no partial
     file. `directory/manifest.json` (rewritten atomically) lists the kept
-    snapshots in order: `{"snapshots": [{"index", "file", "epoch", "step",
-    "learning_rate", "metrics"}, ...]}`, where `epoch` is the 0-based epoch,
+    snapshots in order: `{"version": 1, "snapshots": [{"index", "file",
+    "epoch", "step", "learning_rate", "metrics"}, ...]}`, where `index` is
+    the 1-based cycle, `epoch` the 0-based epoch,
     `step` the index of the last optimizer step before the save and
     `learning_rate` the rate of that step. `metrics` holds the epoch's logs
     (validation included) when the cycle ends on an epoch's last batch, and
@@ -44,11 +43,13 @@ class SnapshotEnsemble(keras.callbacks.Callback):
 
     Args:
         directory: where snapshots and the manifest go (created if needed).
-        schedule: the optimizer's cyclic schedule, with a
-            `cycle_end_steps(total_steps)` method (`kerastrain.schedules.
-            WarmRestarts`), or a `keras.optimizers.schedules.
-            CosineDecayRestarts`; its cycles within `epochs * steps_per_epoch`
-            steps are saved.
+        schedule: the optimizer's cyclic learning-rate schedule (anything
+            `kerastrain.schedules.cycle_end_steps` knows: `WarmRestarts`,
+            `CyclicalLearningRate`, a `Warmup` around one, Keras'
+            `CosineDecayRestarts`); its cycles within
+            `epochs * steps_per_epoch` steps are saved. Training refuses to
+            start when the optimizer runs another rate, whose cycles these
+            are not.
         cycle_end_steps: alternatively, the 0-based indices of the last step
             of each cycle (increasing).
         cycle_end_epochs: alternatively, the 0-based epochs after which to
@@ -73,13 +74,8 @@ class SnapshotEnsemble(keras.callbacks.Callback):
         if len(given) != 1:
             raise ValueError("Pass exactly one of `schedule`, `cycle_end_steps` and "
                              f"`cycle_end_epochs`, received {given or 'none'}.")
-        if schedule is not None and not (
-                hasattr(schedule, "cycle_end_steps")
-                or isinstance(schedule, keras.optimizers.schedules.CosineDecayRestarts)):
-            raise ValueError("Invalid value for `schedule`: expected a schedule with a "
-                             "`cycle_end_steps(total_steps)` method (e.g. kerastrain."
-                             "schedules.WarmRestarts) or a CosineDecayRestarts, received "
-                             f"schedule={schedule!r}; otherwise pass `cycle_end_steps`.")
+        if schedule is not None:
+            _cycle_end_steps(schedule, 1)  # raises for a schedule without cycles
         for name, ends in (("cycle_end_steps", cycle_end_steps),
                            ("cycle_end_epochs", cycle_end_epochs)):
             if ends is not None and not _increasing_indices(ends):
@@ -95,21 +91,19 @@ class SnapshotEnsemble(keras.callbacks.Callback):
 
     @property
     def manifest_path(self):
-        return os.path.join(self.directory, MANIFEST)
+        return _manifest.path(self.directory)
 
     def on_train_begin(self, logs=None):
         self._by_epoch = self.cycle_end_epochs is not None
         self._ends = self.cycle_end_epochs if self._by_epoch else self.cycle_end_steps
         if self.schedule is not None:
+            self._check_schedule_is_the_optimizers()
             steps = self.params.get("steps")
             if not steps:
                 raise ValueError("SnapshotEnsemble(schedule=...) needs the number of steps "
                                  "per epoch, which this dataset does not tell: pass "
                                  "`steps_per_epoch` to fit, or pass `cycle_end_steps`.")
-            total = int(self.params["epochs"]) * int(steps)
-            find = getattr(self.schedule, "cycle_end_steps", None)
-            self._ends = list(find(total) if find is not None
-                              else WarmRestarts.cycle_end_steps(self.schedule, total))
+            self._ends = _cycle_end_steps(self.schedule, int(self.params["epochs"]) * int(steps))
         os.makedirs(self.directory, exist_ok=True)
         self._entries = self._read_manifest()
         # BackupAndRestore may restore `iterations` after this hook, so the
@@ -142,6 +136,21 @@ class SnapshotEnsemble(keras.callbacks.Callback):
             self._save(self._pending.pop(0)[0], step, logs)
 
     # -- bookkeeping ------------------------------------------------------------
+
+    def _check_schedule_is_the_optimizers(self):
+        rate = _learning_rate_of(self.model.optimizer)
+        serialize = keras.optimizers.schedules.serialize
+        if rate is self.schedule or (isinstance(rate, _LRS)
+                                     and serialize(rate) == serialize(self.schedule)):
+            return
+        running = (f"the schedule {type(rate).__name__}" if isinstance(rate, _LRS)
+                   else f"the constant rate {rate:g}")
+        raise ValueError(
+            f"SnapshotEnsemble(schedule={type(self.schedule).__name__}(...)) saves at the "
+            f"cycle ends of that schedule, but the optimizer runs {running}, so those "
+            "steps are not its cycle ends. Compile the model with the schedule "
+            "(e.g. keras.optimizers.SGD(schedule)), or pass `cycle_end_steps` or "
+            "`cycle_end_epochs` instead of `schedule`.")
 
     def _sync(self, epoch):
         """Drops snapshots that lie ahead of where training starts, and strays."""
@@ -179,22 +188,30 @@ class SnapshotEnsemble(keras.callbacks.Callback):
             _io.say(f"\nEpoch {self._epoch + 1}, step {step}: saved snapshot {index} to {path}")
 
     def _learning_rate(self, step):
-        optimizer = self.model.optimizer
-        rate = optimizer._learning_rate  # the schedule, not its value at `iterations`
+        rate = _learning_rate_of(self.model.optimizer)
         if isinstance(rate, _LRS):
             return float(rate(step))
-        return float(optimizer.learning_rate)
+        return float(self.model.optimizer.learning_rate)
 
     def _read_manifest(self):
-        if not os.path.exists(self.manifest_path):
-            return []
-        with open(self.manifest_path) as f:
-            entries = json.load(f).get("snapshots", [])
+        entries = _manifest.read(self.directory) or []
         return [e for e in entries
                 if os.path.exists(os.path.join(self.directory, e["file"]))]
 
     def _write_manifest(self):
-        _io.write_json(self.manifest_path, {"snapshots": self._entries})
+        _manifest.write(self.directory, self._entries)
+
+
+def _learning_rate_of(optimizer):
+    """The optimizer's schedule (not its value now), or its float rate; wrappers
+    such as `LossScaleOptimizer` are looked through."""
+    while hasattr(optimizer, "inner_optimizer"):
+        optimizer = optimizer.inner_optimizer
+    rate = optimizer._learning_rate  # Keras keeps the schedule only here
+    if isinstance(rate, _LRS):
+        return rate
+    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+
 
 
 def _is_scalar(value):

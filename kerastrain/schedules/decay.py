@@ -5,6 +5,7 @@ from keras import ops
 
 from kerastrain import _checks
 from kerastrain.schedules._base import FLOAT, Schedule
+from kerastrain.schedules.cyclic import cycle_end_steps
 
 
 @keras.saving.register_keras_serializable(package="kerastrain")
@@ -114,16 +115,47 @@ class Warmup(Schedule):
 
     def __call__(self, step):
         with keras.name_scope(self.name):
-            t = ops.cast(step, FLOAT)
-            inner, target = self._inner(ops.maximum(t - self.warmup_steps, 0.0)), self._inner(0.0)
+            # The wrapped schedule gets the integer step, exact at any count.
+            step = ops.cast(step, "int64")
+            inner = self._inner(ops.maximum(step - self.warmup_steps, 0))
+            target = self._inner(ops.convert_to_tensor(0, "int64"))
             warm = self.initial_learning_rate + (
-                target - self.initial_learning_rate) * t / self.warmup_steps
-            return ops.where(t < self.warmup_steps, warm, inner)
+                target - self.initial_learning_rate) * ops.cast(step, FLOAT) / self.warmup_steps
+            return ops.where(step < self.warmup_steps, warm, inner)
 
     def _inner(self, step):
         if isinstance(self.schedule, float):
             return ops.convert_to_tensor(self.schedule, FLOAT)
-        return ops.cast(self.schedule(ops.convert_to_tensor(step, FLOAT)), FLOAT)
+        return ops.cast(self.schedule(step), FLOAT)
+
+    def cycle_end_steps(self, total_steps):
+        """Returns the last step of every cycle of the wrapped schedule within `total_steps`.
+
+        The wrapped schedule's cycles start when the warm-up ends, so its
+        cycle ends are offset by `warmup_steps`.
+
+        Args:
+            total_steps: number of steps trained, warm-up included.
+
+        Returns:
+            Increasing list of step indices.
+
+        Raises:
+            ValueError: when the wrapped schedule has no cycles.
+        """
+        total_steps = _checks.check_int("total_steps", total_steps, minimum=1)
+        remaining = total_steps - self.warmup_steps
+        try:
+            ends = cycle_end_steps(self.schedule, max(remaining, 1))
+        except ValueError:
+            inner = (repr(self.schedule) if isinstance(self.schedule, float)
+                     else type(self.schedule).__name__)
+            raise ValueError(
+                "Invalid value for `schedule`: expected a schedule with cycles "
+                "(CyclicalLearningRate, WarmRestarts, Keras' CosineDecayRestarts, or a "
+                f"Warmup around one), received a Warmup around {inner}, which has no "
+                "cycle ends") from None
+        return [self.warmup_steps + end for end in ends if end < remaining]
 
     def get_config(self):
         schedule = self.schedule
