@@ -229,8 +229,9 @@ def training_curves(history, path):
     """Draws training curves: one panel per metric, training and validation.
 
     Every metric `m` of `history` gets a panel with `m` and, if present,
-    `val_m` against the epoch; the learning rate (drawn by `plot_schedule`)
-    is left out.
+    `val_m` against the epoch, and the averaged model's `swa_val_m` (a point
+    at the last epoch, logged by `StochasticWeightAveraging`); the learning
+    rate (drawn by `plot_schedule`) is left out.
 
     Args:
         history: `keras.callbacks.History.history`, a dict of per-epoch lists
@@ -245,7 +246,8 @@ def training_curves(history, path):
     >>> history = model.fit(data.train, validation_data=data.validation, epochs=5)
     >>> training_curves(history.history, "training_curves.png")
     """
-    metrics = [k for k in history if not k.startswith("val_") and k != "learning_rate"]
+    metrics = [k for k in history if not k.startswith(("val_", "swa_val_"))
+               and k != "learning_rate"]
     metrics += [k[4:] for k in history if k.startswith("val_") and k[4:] not in history]
     if not metrics or not all(len(history.get(k, history.get(f"val_{k}", []))) for k in metrics):
         raise ValueError("Invalid value for `history`: expected a dict of non-empty "
@@ -253,7 +255,8 @@ def training_curves(history, path):
     fig, axes = _subplots(1, len(metrics), figsize=(4 * len(metrics), 3.2),
                           squeeze=False)
     for ax, metric in zip(axes[0], metrics):
-        for key, label in ((metric, "training"), (f"val_{metric}", "validation")):
+        for key, label in ((metric, "training"), (f"val_{metric}", "validation"),
+                           (f"swa_val_{metric}", "SWA average (validation)")):
             if key in history:
                 values = np.asarray(history[key], dtype=float)
                 ax.plot(np.arange(1, len(values) + 1), values, marker=".", label=label)

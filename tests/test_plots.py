@@ -160,3 +160,21 @@ def test_plot_lr_finder_draws_curves_suggestion_and_cuts_the_blow_up(tmp_path, k
 def test_plot_lr_finder_rejects_mismatched_arrays(tmp_path):
     with pytest.raises(ValueError, match="equal length"):
         plots.plot_lr_finder((np.logspace(-5, 0, 10), np.ones(9)), str(tmp_path / "x.png"))
+
+
+# --- training_curves ------------------------------------------------------------
+
+
+def test_training_curves_draw_the_swa_validation_point_on_its_metric_panel(
+        tmp_path, kept_figures):
+    nan = float("nan")
+    history = {"loss": [2.0, 1.5, 1.2], "val_loss": [2.1, 1.7, 1.4],
+               "accuracy": [0.3, 0.4, 0.5], "val_accuracy": [0.3, 0.35, 0.45],
+               "swa_val_loss": [nan, nan, 1.3], "swa_val_accuracy": [nan, nan, 0.5]}
+    plots.training_curves(history, str(tmp_path / "curves.png"))
+    (figure,) = kept_figures
+    panels = [ax for ax in figure.axes if ax.axison]
+    assert [ax.get_title() for ax in panels] == ["loss", "accuracy"]
+    swa = panels[0].lines[2].get_xydata()
+    assert panels[0].lines[2].get_label() == "SWA average (validation)"
+    np.testing.assert_array_equal(swa[-1], [3, 1.3])
