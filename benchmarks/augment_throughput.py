@@ -127,10 +127,11 @@ def _build_methods(images, labels, skipped):
     def projective_v3(x, y):
         # Same draws, colour matrix and warp matrices as `policy`; only the
         # resampling kernel differs.
-        draws = tf.random.uniform([tf.shape(x)[0], 12], seed=0)
+        draws = augment._named_draws(
+            tf.random.uniform([tf.shape(x)[0], len(augment._DRAWS)], seed=0))
         x = tf.cast(x, tf.float32)
         if policy.color_jitter:
-            x = policy._jitter(x, tf.reduce_mean(x, axis=[1, 2]), draws[:, 8:])
+            x = policy._jitter(x, tf.reduce_mean(x, axis=[1, 2]), draws)
         matrices = policy._matrices(draws, x.shape[1], x.shape[2])
         x = tf.raw_ops.ImageProjectiveTransformV3(
             images=x, transforms=tf.reshape(matrices, [-1, 9])[:, :8],

@@ -12,8 +12,8 @@ coordinate arithmetic plus gathers, so that XLA fuses the whole chain into a
 few loops: `benchmarks/augment_throughput.py` measures it at 1.8x the
 throughput of the same policy resampled by one `ImageProjectiveTransformV3`
 call per batch, and 5x a stack of Keras preprocessing layers. It runs on
-uint8 batches inside `tf.data` (never inside the model) and is reproducible
-when seeded.
+uint8 batches, in `tf.data` (`Augmentation.apply`, where it is fastest) or
+as a Keras layer inside a model, and is reproducible when seeded.
 """
 
 import math
@@ -46,6 +46,14 @@ _RGB_TO_YIQ = np.array(
     [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]]
 )
 _YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ)
+# The uniform [0, 1) numbers each image draws, one per name, laid out as the
+# columns of one `[batch, len(_DRAWS)]` draw in this order. A transform reads
+# its numbers by name, so a new one is one entry here; append it, and note
+# that a longer draw changes every number a given seed gives.
+_DRAWS = (
+    "flip", "rotate", "stretch_x", "stretch_y", "shear_x", "shear_y",
+    "translate_x", "translate_y", "brightness", "contrast", "saturation", "hue",
+)
 
 
 def _normalize_jitter(color_jitter):
@@ -75,6 +83,11 @@ def _normalize_jitter(color_jitter):
                                 0.0, bound)
         for key, bound in _JITTER_BOUNDS.items()
     }
+
+
+def _named_draws(draws):
+    """Names the columns of a `[batch, len(_DRAWS)]` draw: `{name: [batch]}`."""
+    return dict(zip(_DRAWS, tf.unstack(draws, num=len(_DRAWS), axis=1)))
 
 
 def _symmetric(u, bound):
@@ -165,7 +178,7 @@ def _warp(images, matrices, fill_mode="reflect", fill_value=0.0, interpolation="
 
 
 @keras.saving.register_keras_serializable(package="kerastrain")
-class Augmentation:
+class Augmentation(keras.layers.Layer):
     """Random flip, rotation, stretch, shear, translation and colour jitter.
 
     Every geometric transform is folded into one affine matrix per image,
@@ -173,6 +186,15 @@ class Augmentation:
     batch is resampled once; colour jitter is one per-image colour matrix.
     Each image gets independent magnitudes drawn uniformly from the ranges
     below; a zero range switches that transform off.
+
+    It works on uint8 batches `[batch, height, width, channels]` in two
+    places. In `tf.data`, `apply(dataset)` augments the batches in parallel
+    with the training step, each batch with its own seed (the faster way).
+    As a Keras layer inside a model (after `keras.Input(shape,
+    dtype="uint8")`), it augments only while training (`fit`, or a call
+    with `training=True`) and passes images through unchanged otherwise
+    (`predict`, `evaluate`, an exported model); its seed state is a
+    `keras.random.SeedGenerator`.
 
     Args:
         flip: whether to mirror each image left-right with probability 0.5.
@@ -198,16 +220,20 @@ class Augmentation:
         interpolation: `"bilinear"` or `"nearest"`. Defaults to `"bilinear"`.
         seed: an int >= 0 or `None`. The same seed gives the same augmented
             batches. Defaults to `None`.
+        **kwargs: base layer arguments (`name`, ...).
 
     Example:
 
     >>> aug = Augmentation.from_policy("standard", seed=0)
     >>> train = aug.apply(kerastrain.data.load("cifar10_mini").train)
+    >>> inputs = keras.Input((32, 32, 3), dtype="uint8")
+    >>> x = keras.layers.Rescaling(1 / 255)(Augmentation(flip=True, seed=0)(inputs))
     """
 
     def __init__(self, flip=True, rotate=0.0, stretch=0.0, shear=0.0, translate=0.0,
                  color_jitter=None, fill_mode="reflect", fill_value=0.0,
-                 interpolation="bilinear", seed=None):
+                 interpolation="bilinear", seed=None, **kwargs):
+        super().__init__(**kwargs)
         self.flip = _checks.check("flip", flip, isinstance(flip, bool), "True or False")
         self.rotate = _checks.check_real("rotate", rotate, 0.0, 180.0)
         self.stretch = _checks.check_real("stretch", stretch, 0.0, 1.0, high_open=True)
@@ -220,7 +246,7 @@ class Augmentation:
                                                   _INTERPOLATIONS)
         _checks.check_seed("seed", seed)
         self.seed = None if seed is None else int(seed)
-        self._generator = None
+        self.seed_generator = keras.random.SeedGenerator(self.seed)
         # XLA fuses the whole chain into a few loops; compiled once per shape.
         self._compiled = tf.function(self._augment, jit_compile=True)
 
@@ -232,16 +258,13 @@ class Augmentation:
 
     def get_config(self):
         return {
+            **super().get_config(),
             "flip": self.flip, "rotate": self.rotate, "stretch": self.stretch,
             "shear": self.shear, "translate": self.translate,
             "color_jitter": None if self.color_jitter is None else dict(self.color_jitter),
             "fill_mode": self.fill_mode, "fill_value": self.fill_value,
             "interpolation": self.interpolation, "seed": self.seed,
         }
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
 
     def apply(self, dataset):
         """Augments a dataset of batched `(uint8 images, labels, ...)` elements.
@@ -272,16 +295,20 @@ class Augmentation:
             augment, num_parallel_calls=tf.data.AUTOTUNE
         )
 
-    def __call__(self, images, training=True):
-        """Augments one uint8 batch `[batch, height, width, channels]` eagerly."""
+    # `training` defaults to False, as for `Dropout`: Keras' `model.export`
+    # serves `model(x)` without it, and a served model must not augment.
+    def call(self, images, training=False):
+        """Augments one uint8 batch while training; the identity otherwise."""
         if not training:
             return images
-        if self._generator is None:
-            self._generator = (
-                tf.random.Generator.from_non_deterministic_state()
-                if self.seed is None else tf.random.Generator.from_seed(self.seed)
-            )
-        return self.augment_batch(images, self._generator.make_seeds(1)[:, 0])
+        return self.augment_batch(images, self.seed_generator.next())
+
+    def compute_output_spec(self, images, training=False):
+        self._check_images(images, "images")
+        return keras.KerasTensor(images.shape, images.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
 
     def augment_batch(self, images, seed):
         """Augments a uint8 batch with a stateless `[2]`-int `seed`."""
@@ -290,36 +317,37 @@ class Augmentation:
         if not (self._geometric() or self.color_jitter):
             return images
         # Drawn outside XLA, whose CPU random-number kernel is ~10x slower.
-        draws = tf.random.stateless_uniform([tf.shape(images)[0], 12], seed=seed)
-        return tf.ensure_shape(self._compiled(images, draws), images.shape)
+        draws = tf.random.stateless_uniform([tf.shape(images)[0], len(_DRAWS)], seed=seed)
+        return tf.ensure_shape(self._compiled(images, _named_draws(draws)), images.shape)
 
     def _geometric(self):
         return bool(self.flip or self.rotate or self.stretch or self.shear or self.translate)
 
-    def _augment(self, images, draws):
+    def _augment(self, images, u):
         x = tf.cast(images, tf.float32)
         # Colour first: a per-image affine colour map commutes with the
         # (weights sum to one) interpolation, and jittering the 1x source
         # pixels is cheaper than the warped ones that XLA would recompute.
         if self.color_jitter is not None:
-            x = self._jitter(x, tf.reduce_mean(x, axis=[1, 2]), draws[:, 8:])
+            x = self._jitter(x, tf.reduce_mean(x, axis=[1, 2]), u)
         if self._geometric():
-            x = _warp(x, self._matrices(draws, images.shape[1], images.shape[2]),
+            x = _warp(x, self._matrices(u, images.shape[1], images.shape[2]),
                       self.fill_mode, self.fill_value, self.interpolation)
         return tf.saturate_cast(tf.round(x), tf.uint8)
 
     def _matrices(self, u, height, width):
+        """Output-to-input matrices from the named draws `u` (`_named_draws`)."""
         degrees = math.pi / 180.0
-        flip = tf.where(u[:, 0] < 0.5, -1.0, 1.0) if self.flip else tf.ones_like(u[:, 0])
+        flip = tf.where(u["flip"] < 0.5, -1.0, 1.0) if self.flip else tf.ones_like(u["flip"])
         return _inverse_transform(
             flip,
-            _symmetric(u[:, 1], self.rotate * degrees),
-            1.0 + _symmetric(u[:, 2], self.stretch),
-            1.0 + _symmetric(u[:, 3], self.stretch),
-            tf.tan(_symmetric(u[:, 4], self.shear * degrees)),
-            tf.tan(_symmetric(u[:, 5], self.shear * degrees)),
-            tf.round(_symmetric(u[:, 6], self.translate * width)),
-            tf.round(_symmetric(u[:, 7], self.translate * height)),
+            _symmetric(u["rotate"], self.rotate * degrees),
+            1.0 + _symmetric(u["stretch_x"], self.stretch),
+            1.0 + _symmetric(u["stretch_y"], self.stretch),
+            tf.tan(_symmetric(u["shear_x"], self.shear * degrees)),
+            tf.tan(_symmetric(u["shear_y"], self.shear * degrees)),
+            tf.round(_symmetric(u["translate_x"], self.translate * width)),
+            tf.round(_symmetric(u["translate_y"], self.translate * height)),
             height, width,
         )
 
@@ -328,16 +356,17 @@ class Augmentation:
 
         `b` is the brightness shift, `c` the contrast factor around the
         source image's per-channel `mean`, and `M` the saturation and hue
-        matrix, `M = YIQ^-1 [[1, 0], [0, s R(h)]] YIQ`.
+        matrix, `M = YIQ^-1 [[1, 0], [0, s R(h)]] YIQ`; `u` are the named
+        draws (`_named_draws`).
         """
         jitter = self.color_jitter
-        shift = _symmetric(u[:, 0], 255.0 * jitter["brightness"])[:, None]
-        contrast = 1.0 + _symmetric(u[:, 1], jitter["contrast"])
+        shift = _symmetric(u["brightness"], 255.0 * jitter["brightness"])[:, None]
+        contrast = 1.0 + _symmetric(u["contrast"], jitter["contrast"])
         offset = (1.0 - contrast)[:, None] * mean + shift
         if not (jitter["saturation"] or jitter["hue"]):
             return contrast[:, None, None, None] * x + offset[:, None, None, :]
-        chroma = 1.0 + _symmetric(u[:, 2], jitter["saturation"])
-        angle = _symmetric(u[:, 3], 2.0 * math.pi * jitter["hue"])
+        chroma = 1.0 + _symmetric(u["saturation"], jitter["saturation"])
+        angle = _symmetric(u["hue"], 2.0 * math.pi * jitter["hue"])
         cos, sin, zero = chroma * tf.cos(angle), chroma * tf.sin(angle), tf.zeros_like(angle)
         rotation = tf.roll(_affine(cos, -sin, zero, sin, cos, zero), shift=[1, 1], axis=[1, 2])
         color = tf.constant(_YIQ_TO_RGB, tf.float32) @ rotation @ tf.constant(_RGB_TO_YIQ, tf.float32)
@@ -348,12 +377,14 @@ class Augmentation:
         return sum(x[..., i:i + 1] * linear[..., i] for i in range(3)) + offset
 
     def _check_images(self, images, name):
-        shape, dtype = images.shape, images.dtype
-        if dtype != tf.uint8 or shape.rank != 4:
+        shape = tf.TensorShape(images.shape)
+        dtype = keras.backend.standardize_dtype(images.dtype)
+        if dtype != "uint8" or shape.rank != 4:
             raise ValueError(
                 f"Invalid `{name}`: expected uint8 image batches of shape "
-                f"[batch, height, width, channels], received dtype={dtype.name} "
-                f"shape={shape}. Batch the dataset and keep images as uint8."
+                f"[batch, height, width, channels], received dtype={dtype} "
+                f"shape={shape}. Batch the dataset and keep images as uint8 "
+                "(in a model: keras.Input(shape, dtype=\"uint8\"))."
             )
         if None in shape[1:3] or (self.color_jitter is not None and shape[-1] != 3):
             raise ValueError(

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kerastrain import _checks, _manifest
+from kerastrain import _checks, _introspect, _manifest
 
 _COMBINE_MODES = ("mean_probs", "mean_logits")
 
@@ -58,6 +58,14 @@ class Ensemble(keras.Model):
     >>> ensemble.evaluate_members(test_ds)["members"]
     """
 
+    # For kerastrain._introspect: an ensemble emits probabilities and takes
+    # its members' input.
+    _introspect_probabilities = True
+
+    @property
+    def _introspect_input_model(self):
+        return self.members[0]
+
     def __init__(self, models, weights=None, combine="mean_probs", name="ensemble",
                  **kwargs):
         models = _check_models(models)
@@ -67,9 +75,10 @@ class Ensemble(keras.Model):
         self.members = models
         self.member_weights = weights
         self.combine = combine
-        self._member_outputs_probabilities = [_outputs_probabilities(m) for m in models]
-        if _input_shape(models[0]) is not None:
-            self.build(_input_shape(models[0]))
+        self._member_outputs_probabilities = [_introspect.outputs_probabilities(m)
+                                             for m in models]
+        if _introspect.input_shape(models[0]) is not None:
+            self.build(_introspect.input_shape(models[0]))
 
     @classmethod
     def from_directory(cls, path, **kwargs):
@@ -175,43 +184,6 @@ class Ensemble(keras.Model):
         return cls(**config)
 
 
-def _outputs_probabilities(model):
-    """Whether `model` ends in a softmax: its output layer is a `Softmax` or
-    has a softmax `activation` (nested models are followed), or it is an
-    `Ensemble`. Anything else, subclassed models included, emits logits."""
-    if isinstance(model, Ensemble):
-        return True
-    layer = _output_layer(model)
-    if isinstance(layer, keras.Model) and layer is not model:
-        return _outputs_probabilities(layer)
-    activation = getattr(layer, "activation", None)
-    return (isinstance(layer, keras.layers.Softmax)
-            or getattr(activation, "__name__", None) == "softmax")
-
-
-def _symbolic(model, attribute):
-    """`model.inputs`/`model.outputs` as a list; `[]` for subclassed models."""
-    try:
-        return list(getattr(model, attribute) or [])
-    except (AttributeError, ValueError):
-        return []
-
-
-def _output_layer(model):
-    outputs = _symbolic(model, "outputs")
-    if len(outputs) == 1 and hasattr(outputs[0], "_keras_history"):
-        return outputs[0]._keras_history.operation
-    return (getattr(model, "layers", None) or [None])[-1]
-
-
-def _input_shape(model):
-    """The `(batch, height, width, channels)` input shape, if known."""
-    if isinstance(model, Ensemble):
-        return _input_shape(model.members[0])
-    inputs = _symbolic(model, "inputs")
-    return tuple(inputs[0].shape) if len(inputs) == 1 else None
-
-
 def _check_models(models):
     models = list(models) if isinstance(models, tuple) else models
     if not isinstance(models, list) or not models:
@@ -238,8 +210,8 @@ def _check_models(models):
 def _shape(model, kind):
     """The model's single input or output shape; `None` if unknown."""
     if kind == "input":
-        return _input_shape(model)
-    shapes = [tuple(t.shape) for t in _symbolic(model, "outputs")]
+        return _introspect.input_shape(model)
+    shapes = [tuple(t.shape) for t in _introspect.symbolic(model, "outputs")]
     return (shapes[0] if len(shapes) == 1 else tuple(shapes)) if shapes else None
 
 

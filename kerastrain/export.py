@@ -18,8 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kerastrain import _checks
-from kerastrain.ensemble import _input_shape, _outputs_probabilities
+from kerastrain import _checks, _introspect
 
 CLASS_NAMES_FILE = "class_names.txt"
 _OUTPUTS = ("auto", "logits", "probabilities")
@@ -84,7 +83,7 @@ def export_saved_model(model, path, class_names, *, outputs="auto",
         raise FileExistsError(f"{path!r} already exists; pass overwrite=True to "
                               "replace it, or choose another path.")
     if outputs == "auto":
-        outputs = "probabilities" if _outputs_probabilities(model) else "logits"
+        outputs = "probabilities" if _introspect.outputs_probabilities(model) else "logits"
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", dir=parent)
@@ -231,7 +230,7 @@ def _check_class_names(class_names, model):
         raise ValueError(f"Invalid value for `class_names`: names must be unique, "
                          f"received class_names={class_names}")
     try:
-        num_classes = model.compute_output_shape(_input_shape(model))[-1]
+        num_classes = model.compute_output_shape(_introspect.input_shape(model))[-1]
     except Exception:  # subclassed models may not know their output shape
         num_classes = None
     if num_classes is not None and num_classes != len(class_names):
@@ -242,7 +241,7 @@ def _check_class_names(class_names, model):
 
 
 def _check_image_size(image_size, model):
-    input_shape = _input_shape(model)
+    input_shape = _introspect.input_shape(model)
     if input_shape is not None and input_shape[-1] != 3:
         raise ValueError("Invalid value for `model`: the serving signature takes "
                          f"RGB images but the model's input shape is {input_shape}")

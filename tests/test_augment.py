@@ -40,8 +40,8 @@ def _reference_warp(images, matrices, interpolation="BILINEAR", fill_mode="REFLE
 
 
 def _random_matrices(policy, n, height, width, seed=1):
-    draws = tf.random.stateless_uniform([n, 12], seed=[seed, 0])
-    return policy._matrices(draws, height, width)
+    draws = tf.random.stateless_uniform([n, len(augment._DRAWS)], seed=[seed, 0])
+    return policy._matrices(augment._named_draws(draws), height, width)
 
 
 @pytest.mark.parametrize("policy", ["none", "light", "standard", "heavy"])
@@ -263,3 +263,75 @@ def test_augmented_training_still_learns(splits):
     assert history.history["loss"][-1] < history.history["loss"][0]
     assert model.evaluate(splits.test, verbose=0)[1] > 0.65
     assert not math.isnan(history.history["loss"][-1])
+
+
+def _augmenting_model(seed=0):
+    import keras
+
+    inputs = keras.Input((32, 32, 3), dtype="uint8")
+    x = augment.Augmentation.from_policy("standard", seed=seed)(inputs)
+    x = keras.layers.Rescaling(1 / 255)(x)
+    x = keras.layers.Conv2D(4, 3, strides=2, activation="relu")(x)
+    outputs = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, outputs)
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def test_augmentation_is_a_layer_in_a_model(batch, tmp_path):
+    """In a model it augments while training, is the identity in inference,
+    trains, and survives a `.keras` save/load."""
+    import keras
+
+    images, labels = batch
+    keras.utils.set_random_seed(0)
+    model = _augmenting_model()
+    layer = model.layers[1]
+    assert isinstance(layer, augment.Augmentation) and isinstance(layer, keras.layers.Layer)
+    before = [w.copy() for w in model.get_weights()]
+    loss = model.train_on_batch(images, labels)
+    assert np.isfinite(loss)
+    assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    # Training mode augments (new draws every call), inference mode passes through.
+    seen = keras.Model(model.input, layer.output)
+    first, second = (seen(images, training=True).numpy() for _ in range(2))
+    assert np.mean(first != images) > 0.3 and not np.array_equal(first, second)
+    np.testing.assert_array_equal(seen.predict(images, verbose=0), images)
+    np.testing.assert_array_equal(layer(images), images)
+    # Keras' export serves `model(x)` without `training`: no augmentation.
+    model.export(str(tmp_path / "served"), verbose=False)
+    served = tf.saved_model.load(str(tmp_path / "served"))
+    np.testing.assert_allclose(served.serve(tf.constant(images)).numpy(),
+                               model.predict(images, verbose=0), rtol=1e-5, atol=1e-6)
+
+    path = str(tmp_path / "augmenting.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded.layers[1], augment.Augmentation)
+    assert loaded.layers[1].get_config() == layer.get_config()
+    np.testing.assert_allclose(loaded.predict(images, verbose=0),
+                               model.predict(images, verbose=0), rtol=1e-5, atol=1e-6)
+    assert np.isfinite(loaded.train_on_batch(images, labels))
+
+
+def test_layer_calls_are_seeded(batch):
+    images, _ = batch
+
+    def two_calls(seed):
+        layer = augment.Augmentation.from_policy("heavy", seed=seed)
+        return (layer(images, training=True).numpy(),
+                layer(images, training=True).numpy())
+
+    a1, a2 = two_calls(4)
+    b1, b2 = two_calls(4)
+    np.testing.assert_array_equal(a1, b1)
+    np.testing.assert_array_equal(a2, b2)
+    assert not np.array_equal(a1, a2)
+    assert not np.array_equal(a1, two_calls(5)[0])
+
+
+def test_layer_rejects_float_model_inputs():
+    import keras
+
+    with pytest.raises(ValueError, match='uint8.*keras.Input'):
+        augment.Augmentation(flip=True)(keras.Input((32, 32, 3)))

@@ -24,7 +24,7 @@ import warnings
 
 import tensorflow as tf
 
-from kerastrain import _keras_compat
+from kerastrain.distribute import _keras_compat
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 
@@ -71,9 +71,9 @@ def get_strategy(name="default", *, devices=None, tpu=None):
                           "this process trains as a cluster of one worker. Set "
                           "TF_CONFIG on every machine to train on several.",
                           stacklevel=2)
-        # Keras 3's fit fails under two or more workers without this fix.
-        _keras_compat.fix_multi_worker_fit()
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        # Keras 3's fit fails under two or more workers with TensorFlow's own
+        # class; this subclass fixes the two `reduce` calls it fails in.
+        return _keras_compat.MultiWorkerMirroredStrategy()
     return _tpu_strategy(tpu)
 
 
