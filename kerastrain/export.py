@@ -9,6 +9,7 @@ the SavedModel), writes it atomically, then reloads it and checks that it
 predicts what the Keras model predicts.
 """
 
+import json
 import os
 import shutil
 import tempfile
@@ -21,13 +22,17 @@ import tensorflow as tf
 from kerastrain import _checks, _introspect
 
 CLASS_NAMES_FILE = "class_names.txt"
+# Written into every export's assets/: how a directory is recognised as a
+# kerastrain export, the only kind of directory an export may replace.
+MARKER_FILE = "kerastrain_export.json"
+_FORMAT = "kerastrain.export"
 _OUTPUTS = ("auto", "logits", "probabilities")
 _TOLERANCE = 1e-4
 
 
 def export_saved_model(model, path, class_names, *, outputs="auto",
                        image_size=None, verify=True, overwrite=False,
-                       probe_images=None):
+                       force=False, probe_images=None):
     """Exports `model` as a SavedModel that serves raw uint8 images.
 
     The `serving_default` signature takes `images`, a `uint8` tensor of shape
@@ -37,14 +42,19 @@ def export_saved_model(model, path, class_names, *, outputs="auto",
     statistics, no dropout) and returns `{"probabilities": float32 (batch,
     classes), "class_ids": int64 (batch,), "class_names": string (batch,)}`.
     The class names are shipped as the asset `assets/class_names.txt` and
-    returned by the endpoint `class_names()`. Works for any single-input
+    returned by the endpoint `class_names()`; the asset
+    `assets/kerastrain_export.json` marks the directory as a kerastrain
+    export (see `is_export`). Works for any single-input
     image classifier: plain models, weight-averaged models and whole
     `kerastrain.ensemble.Ensemble`s (one graph).
 
     The SavedModel is written to a temporary directory next to `path`,
     reloaded and verified, and only then moved into place with `os.replace`,
     so `path` never holds a half-written export; on any error the temporary
-    directory is removed.
+    directory is removed. An existing `path` is replaced only when asked
+    (`overwrite=True`) and only when it is itself a kerastrain export: a
+    file or any other directory (a user's data, another model) is never
+    deleted unless `force=True` says so explicitly.
 
     Args:
         model: built Keras classifier taking `(batch, h, w, 3)` 0..255 images.
@@ -58,7 +68,13 @@ def export_saved_model(model, path, class_names, *, outputs="auto",
             Defaults to `None` (the model's input size).
         verify: reload the SavedModel and check that it matches the Keras
             model within 1e-4 on `probe_images`. Defaults to `True`.
-        overwrite: replace an existing `path`. Defaults to `False`.
+        overwrite: replace `path` when it holds a previous kerastrain
+            export (recognised by `is_export`); anything else at `path` is
+            refused with `FileExistsError`. Defaults to `False` (an existing
+            `path` is refused).
+        force: with `overwrite=True`, replace whatever `path` holds, a file
+            or a directory that is no kerastrain export included (its
+            content is deleted). Defaults to `False`.
         probe_images: uint8 `(batch, h, w, 3)` images for the check.
             Defaults to `None` (four seeded random images).
 
@@ -79,9 +95,9 @@ def export_saved_model(model, path, class_names, *, outputs="auto",
     _checks.check_choice("outputs", outputs, _OUTPUTS)
     class_names = _check_class_names(class_names, model)
     image_size = _check_image_size(image_size, model)
-    if os.path.lexists(path) and not overwrite:
-        raise FileExistsError(f"{path!r} already exists; pass overwrite=True to "
-                              "replace it, or choose another path.")
+    _checks.check("overwrite", overwrite, isinstance(overwrite, bool), "a bool")
+    _checks.check("force", force, isinstance(force, bool), "a bool")
+    _check_replaceable(path, overwrite, force)
     if outputs == "auto":
         outputs = "probabilities" if _introspect.outputs_probabilities(model) else "logits"
     parent = os.path.dirname(path)
@@ -96,6 +112,30 @@ def export_saved_model(model, path, class_names, *, outputs="auto",
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return path
+
+
+def is_export(path):
+    """Whether `path` is a directory written by `export_saved_model`.
+
+    Recognised by the SavedModel's `saved_model.pb` and the marker asset
+    `assets/kerastrain_export.json` that every export carries.
+
+    Args:
+        path: any path.
+
+    Returns:
+        `True` for a kerastrain export, `False` for anything else (a file, a
+        missing path, another directory or another SavedModel).
+    """
+    path = os.fspath(path)
+    if not os.path.isdir(path) or not os.path.isfile(os.path.join(path, "saved_model.pb")):
+        return False
+    try:
+        with open(os.path.join(path, "assets", MARKER_FILE), encoding="utf-8") as f:
+            marker = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(marker, dict) and marker.get("format") == _FORMAT
 
 
 def load_serving(path):
@@ -166,6 +206,27 @@ def _write(model, target, class_names, outputs, image_size):
             lambda: table.lookup(tf.range(num_classes, dtype=tf.int64)),
             input_signature=[])
         archive.write_out(target, verbose=False)
+    marker = {"format": _FORMAT, "version": 1, "class_names": class_names,
+              "image_size": list(image_size), "outputs": outputs}
+    with open(os.path.join(target, "assets", MARKER_FILE), "w", encoding="utf-8") as f:
+        json.dump(marker, f, indent=2)
+        f.write("\n")
+
+
+def _check_replaceable(path, overwrite, force):
+    """Refuses to replace anything at `path` but a previous export, unless forced."""
+    if not os.path.lexists(path) or (overwrite and force):
+        return
+    if not overwrite:
+        raise FileExistsError(f"{path!r} already exists; pass overwrite=True to "
+                              "replace a previous export, or choose another path.")
+    if not is_export(path):
+        what = ("a directory" if os.path.isdir(path) and not os.path.islink(path)
+                else "a file")
+        raise FileExistsError(
+            f"{path!r} is {what} that is not a kerastrain export (it has no "
+            f"assets/{MARKER_FILE}), so the export will not replace it: choose "
+            "another path, or pass force=True to delete it and export there.")
 
 
 def _verify(model, target, class_names, outputs, image_size, probe_images):

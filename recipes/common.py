@@ -153,7 +153,10 @@ def _define_training_flags():
                       "tf.distribute strategy.")
     flags.DEFINE_string("tpu", None, "TPU name or address for --strategy=tpu "
                         "('local' on a TPU VM).")
-    flags.DEFINE_string("export_dir", None, "Write the SavedModel here.")
+    flags.DEFINE_string("export_dir", None, "Write the SavedModel here; it replaces "
+                        "only a previous kerastrain export.")
+    flags.DEFINE_bool("overwrite_export", False, "Let --export_dir replace whatever "
+                      "is at that path (a file, a directory that is no export).")
     flags.DEFINE_integer("verbose", 2, "Keras fit verbosity (0, 1 or 2).")
 
 
@@ -245,6 +248,20 @@ def check_config(config, epochs):
             os.path.abspath(config["output_dir"]):
         raise ValueError("--export_dir must differ from --output_dir: the export "
                          "replaces its directory")
+    check_export_dir(config)
+
+
+def check_export_dir(config):
+    """Refuses an `--export_dir` that holds anything but a kerastrain export
+    (unless `--overwrite_export`), before any training."""
+    path = config.get("export_dir")
+    if (not path or config.get("overwrite_export") or not os.path.lexists(path)
+            or export.is_export(path)):
+        return
+    what = "a directory" if os.path.isdir(path) else "a file"
+    raise ValueError(f"--export_dir={path!r} is {what} that is not a kerastrain export; "
+                     "the export would delete it. Choose another --export_dir, or "
+                     "pass --overwrite_export to replace it.")
 
 
 def strategy(config):
@@ -267,6 +284,7 @@ def prepare_output_dir(config):
         output_dir = os.path.join(output_dir, "workers",
                                   f"{task['type']}_{task.get('index', 0)}")
     config_path = os.path.join(output_dir, "config.json")
+    _check_run_directory(output_dir, config_path)
     if os.path.isdir(os.path.join(output_dir, "backup")) and os.path.exists(config_path):
         with open(config_path) as f:
             previous = json.load(f)
@@ -281,6 +299,30 @@ def prepare_output_dir(config):
     os.makedirs(output_dir, exist_ok=True)
     write_json(config_path, config)
     return output_dir
+
+
+def _check_run_directory(output_dir, config_path):
+    """Refuses a file, or a non-empty directory that no recipe wrote (no
+    `config.json` of a recipe): a run writes, replaces and deletes files in
+    its directory (`backup/`, `snapshots/`, `history.csv`, ...)."""
+    if not os.path.lexists(output_dir):
+        return
+    if not os.path.isdir(output_dir):
+        raise ValueError(f"--output_dir={output_dir!r} is a file; pass a directory "
+                         "(new, empty, or the run directory of an earlier run).")
+    if not os.listdir(output_dir):
+        return
+    try:
+        with open(config_path) as f:
+            previous = json.load(f)
+    except (OSError, ValueError):
+        previous = None
+    if not isinstance(previous, dict) or "output_dir" not in previous:
+        raise ValueError(
+            f"--output_dir={output_dir!r} is a non-empty directory that is not a "
+            "kerastrain run directory (it has no config.json written by a recipe); "
+            "a run would write and delete files there. Pass a new or empty "
+            "directory, or the run directory of an earlier run.")
 
 
 def load_data(config):
@@ -496,7 +538,8 @@ def export_model(model, config, class_names):
     if not config.get("export_dir") or not distribute.is_chief():
         return None
     return export.export_saved_model(model, config["export_dir"], class_names,
-                                     overwrite=True)
+                                     overwrite=True,
+                                     force=bool(config.get("overwrite_export")))
 
 
 def save_backbone(model, path):

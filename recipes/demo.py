@@ -62,6 +62,9 @@ RUNS = [
 
 def run(directory, export_dir, seed=0, epochs_scale=1.0):
     """Runs the demo; returns `{method: metrics}` (source run included)."""
+    if os.path.lexists(export_dir) and not kt.export.is_export(export_dir):
+        raise ValueError(f"--demo_export_dir={export_dir!r} is not a kerastrain export, "
+                         "which the demo would replace; choose another path.")
     scale = lambda epochs: max(1, round(epochs * epochs_scale))  # noqa: E731
     backbone = os.path.join(directory, "source", "backbone.keras")
     results, commands = {}, {}

@@ -1,5 +1,6 @@
 """Tests for kerastrain.export on a small CNN trained on real CIFAR-10 images."""
 
+import json
 import os
 
 import keras
@@ -9,7 +10,8 @@ import tensorflow as tf
 
 from kerastrain import data as kt_data
 from kerastrain.callbacks import StochasticWeightAveraging
-from kerastrain.export import CLASS_NAMES_FILE, export_saved_model, load_serving
+from kerastrain.export import (CLASS_NAMES_FILE, MARKER_FILE, export_saved_model,
+                               is_export, load_serving)
 from kerastrain.models import small_cnn
 
 CLASSES = ("airplane", "automobile", "frog", "ship", "truck")
@@ -205,6 +207,47 @@ def test_overwrite_replaces_only_after_a_verified_export(images, tmp_path):
     assert os.listdir(tmp_path) == ["m"]
 
 
+def _foreign_file(path):
+    path.write_text("my notes")
+    return lambda: path.read_text() == "my notes"
+
+
+def _foreign_directory(path):
+    path.mkdir()
+    (path / "notes.txt").write_text("my notes")
+    return lambda: os.listdir(path) == ["notes.txt"]
+
+
+def _keras_saved_model(path):
+    _tiny().export(path, verbose=False)  # a SavedModel, but not a kerastrain export
+    listing = sorted(os.listdir(path))
+    return lambda: sorted(os.listdir(path)) == listing and not is_export(path)
+
+
+@pytest.mark.parametrize("make", [_foreign_file, _foreign_directory, _keras_saved_model])
+def test_overwrite_replaces_only_a_kerastrain_export(tmp_path, make):
+    path = tmp_path / "m"
+    intact = make(path)
+    assert not is_export(path)
+    with pytest.raises(FileExistsError, match="not a kerastrain export.*force=True"):
+        export_saved_model(_tiny(), path, TINY_CLASSES, overwrite=True)
+    assert intact()
+    assert sorted(os.listdir(tmp_path)) == ["m"]  # no staging left behind
+    # Only an explicit force replaces what is no export.
+    export_saved_model(_tiny(), path, TINY_CLASSES, overwrite=True, force=True)
+    assert is_export(path) and load_serving(path)[1] == list(TINY_CLASSES)
+
+
+def test_export_carries_its_marker(exported):
+    path = exported[1]
+    assert is_export(path)
+    with open(os.path.join(path, "assets", MARKER_FILE)) as f:
+        marker = json.load(f)
+    assert marker["format"] == "kerastrain.export"
+    assert marker["class_names"] == list(CLASSES)
+    assert not is_export(os.path.join(path, "saved_model.pb"))
+
+
 def test_load_serving_rejects_float_images(exported, images):
     serve, _ = load_serving(exported[1])
     with pytest.raises(ValueError, match="expected uint8 images"):
@@ -259,3 +302,48 @@ def test_free_size_model_exports_with_image_size(images, tmp_path):
     served = load_serving(path)[0](images)["probabilities"]
     np.testing.assert_allclose(served, _keras_probabilities(model, images, (16, 16)),
                                atol=1e-5)
+
+
+# -- the recipes' --export_dir and --output_dir ---------------------------------
+
+RECIPE = dict(classes=["airplane", "frog", "truck"],
+              labels_per_class=20, batch_size=32, epochs=1, width=4, blocks=1,
+              augment="none", validation_fraction=0.0, verbose=0)
+
+
+@pytest.mark.parametrize("make", [_foreign_file, _foreign_directory])
+def test_recipe_refuses_an_export_dir_that_is_no_export(tmp_path, make):
+    from recipes import train
+    export_dir = tmp_path / "export"
+    intact = make(export_dir)
+    config = dict(RECIPE, output_dir=str(tmp_path / "run"), export_dir=str(export_dir))
+    with pytest.raises(ValueError, match="--export_dir=.*not a kerastrain export.*"
+                                         "--overwrite_export"):
+        train.run(config)
+    assert intact()
+    assert not os.path.exists(tmp_path / "run")  # refused before any work
+
+
+def test_recipe_replaces_its_previous_export_and_forces_with_the_flag(tmp_path):
+    from recipes import train
+    export_dir, run_dir = tmp_path / "export", str(tmp_path / "run")
+    config = dict(RECIPE, output_dir=run_dir, export_dir=str(export_dir))
+    train.run(config)
+    first = os.stat(export_dir / "saved_model.pb").st_mtime_ns
+    train.run(dict(config, seed=1))  # a rerun replaces its own export
+    assert is_export(export_dir)
+    assert os.stat(export_dir / "saved_model.pb").st_mtime_ns != first
+    intact = _foreign_file(tmp_path / "file")
+    assert intact()
+    train.run(dict(config, export_dir=str(tmp_path / "file"), overwrite_export=True))
+    assert is_export(tmp_path / "file")
+
+
+@pytest.mark.parametrize("make", [_foreign_file, _foreign_directory])
+def test_recipe_refuses_an_output_dir_that_is_no_run_directory(tmp_path, make):
+    from recipes import train
+    run_dir = tmp_path / "run"
+    intact = make(run_dir)
+    with pytest.raises(ValueError, match="--output_dir=.*"):
+        train.run(dict(RECIPE, output_dir=str(run_dir)))
+    assert intact()

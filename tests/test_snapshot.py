@@ -270,3 +270,26 @@ def test_snapshot_ensemble_and_ensemble_share_the_manifest(splits, tmp_path):
     with pytest.raises(ValueError, match="version 2 is not one"):
         model.fit(train, epochs=1, verbose=0,
                   callbacks=[SnapshotEnsemble(tmp_path, cycle_end_epochs=[0])])
+
+
+def test_deletes_only_its_own_files(splits, tmp_path):
+    train, _, _ = splits
+    directory = tmp_path / "snapshots"
+    directory.mkdir()
+    foreign = {"notes.txt": "mine", ".tmp-keep": "mine", "model.keras": "mine"}
+    for name, text in foreign.items():
+        (directory / name).write_text(text)
+    _cnn(0.02).fit(train, epochs=2, verbose=0,
+                   callbacks=[SnapshotEnsemble(directory, cycle_end_epochs=[0, 1], keep=1)])
+    assert sorted(os.listdir(directory)) == sorted(
+        [*foreign, "manifest.json", "snapshot_02.keras"])
+    assert all((directory / n).read_text() == t for n, t in foreign.items())
+    # Snapshot-named files no manifest lists are someone else's: refused.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "snapshot_01.keras").write_text("mine")
+    with pytest.raises(ValueError, match="no manifest.json"):
+        _cnn(0.02).fit(train, epochs=1, verbose=0,
+                       callbacks=[SnapshotEnsemble(other, cycle_end_epochs=[0])])
+    assert os.listdir(other) == ["snapshot_01.keras"]
+    assert (other / "snapshot_01.keras").read_text() == "mine"

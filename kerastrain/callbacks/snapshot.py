@@ -9,6 +9,8 @@ from kerastrain import _checks, _io, _manifest
 from kerastrain.schedules import cycle_end_steps as _cycle_end_steps
 
 _SNAPSHOT = re.compile(r"snapshot_\d+\.keras$")
+# The temporaries `_io.atomic_write` leaves when a save of ours is interrupted.
+_TEMPORARY = re.compile(r"\.tmp-.*-(snapshot_\d+\.keras|%s)$" % re.escape(_manifest.NAME))
 _LRS = keras.optimizers.schedules.LearningRateSchedule
 
 
@@ -38,8 +40,12 @@ class SnapshotEnsemble(keras.callbacks.Callback):
     `keras.callbacks.BackupAndRestore` saves the remaining cycles: snapshots
     the resumed run will train again are dropped, as are stray files left by
     a crash. A run that starts at step 0 clears earlier snapshots from
-    `directory`. With `steps_per_execution > 1`, a snapshot is taken at the
-    end of the execution that contains the cycle's last step.
+    `directory`. Only the callback's own files are ever deleted (snapshots
+    in a directory with its manifest, and its interrupted temporaries): a
+    directory holding `snapshot_NN.keras` files but no manifest is refused,
+    and other files are left alone. With `steps_per_execution > 1`, a
+    snapshot is taken at the end of the execution that contains the cycle's
+    last step.
 
     Args:
         directory: where snapshots and the manifest go (created if needed).
@@ -105,6 +111,7 @@ class SnapshotEnsemble(keras.callbacks.Callback):
                                  "`steps_per_epoch` to fit, or pass `cycle_end_steps`.")
             self._ends = _cycle_end_steps(self.schedule, int(self.params["epochs"]) * int(steps))
         os.makedirs(self.directory, exist_ok=True)
+        self._check_directory_is_ours()
         self._entries = self._read_manifest()
         # BackupAndRestore may restore `iterations` after this hook, so the
         # directory is reconciled with it at the first epoch.
@@ -152,6 +159,19 @@ class SnapshotEnsemble(keras.callbacks.Callback):
             "(e.g. keras.optimizers.SGD(schedule)), or pass `cycle_end_steps` or "
             "`cycle_end_epochs` instead of `schedule`.")
 
+    def _check_directory_is_ours(self):
+        """Snapshots are replaced and pruned, so files named like them must be
+        listed by a manifest of ours, not someone else's."""
+        if _io.exists(self.manifest_path):
+            return
+        foreign = sorted(n for n in os.listdir(self.directory) if _SNAPSHOT.fullmatch(n))
+        if foreign:
+            raise ValueError(
+                f"Invalid value for `directory`: {self.directory!r} holds {foreign} but "
+                f"no {_manifest.NAME}, so they are not snapshots of this callback and "
+                "training would replace or delete them. Move them away, or choose "
+                "another directory.")
+
     def _sync(self, epoch):
         """Drops snapshots that lie ahead of where training starts, and strays."""
         last = self._epoch_step - 1
@@ -161,7 +181,7 @@ class SnapshotEnsemble(keras.callbacks.Callback):
             self._write_manifest()
         listed = {e["file"] for e in self._entries}
         for name in os.listdir(self.directory):
-            if name.startswith(".tmp-") or (_SNAPSHOT.fullmatch(name) and name not in listed):
+            if _TEMPORARY.fullmatch(name) or (_SNAPSHOT.fullmatch(name) and name not in listed):
                 os.remove(os.path.join(self.directory, name))
         done = {e["index"] for e in self._entries}
         now = epoch if self._by_epoch else self._epoch_step
