@@ -112,8 +112,27 @@ def _define_optimizer_flags():
     flags.DEFINE_string("optimizer", "adam",
                         "sgd, momentum, nesterov, adagrad, rmsprop, adam, adamw, "
                         "or any Keras optimizer name.")
-    flags.DEFINE_float("learning_rate", 1e-3,
-                       "Base (peak) learning rate of the schedule.")
+    flags.DEFINE(_LearningRateParser(), "learning_rate", 1e-3,
+                 "Base (peak) learning rate of the schedule; recipes.finetune "
+                 "also takes auto (the LR range test on the new head).")
+
+
+class _LearningRateParser(flags.FloatParser):
+    """A positive float, or `auto`."""
+
+    def __init__(self):
+        super().__init__(lower_bound=0.0)
+
+    def parse(self, argument):
+        if isinstance(argument, str) and argument.strip().lower() == "auto":
+            return "auto"
+        value = super().parse(argument)
+        if not 0 < value < math.inf:
+            raise ValueError(f"expected a number > 0 or auto, received {argument!r}")
+        return value
+
+    def flag_type(self):
+        return "float or auto"
 
 
 def _define_output_flags():
@@ -211,13 +230,25 @@ def _recipe_name(module):
     return module.rsplit(".", 1)[-1]
 
 
-def check_config(config, epochs):
+def check_config(config, epochs, auto_learning_rate=False):
     """Checks the flags that only make sense together, before any work.
 
     Args:
         config: a completed config.
         epochs: the number of epochs the recipe trains.
+        auto_learning_rate: whether the recipe takes `--learning_rate=auto`.
+            Defaults to `False`.
     """
+    rate = config.get("learning_rate")
+    if rate == "auto" and not auto_learning_rate:
+        raise ValueError("--learning_rate=auto is for recipes.finetune (the LR range "
+                         "test on its head); pass a number, or find one with "
+                         "kerastrain.lr_finder")
+    if rate is not None and rate != "auto" and (
+            isinstance(rate, bool) or not isinstance(rate, (int, float))
+            or not 0 < rate < math.inf):
+        raise ValueError("Invalid value for --learning_rate: expected a number > 0"
+                         f"{' or auto' if auto_learning_rate else ''}, received {rate!r}")
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"Invalid value for --epochs: expected an int >= 1, "
                          f"received epochs={epochs!r}")
@@ -270,13 +301,15 @@ def strategy(config):
     return distribute.get_strategy(config["strategy"], tpu=tpu)
 
 
-def prepare_output_dir(config):
+def prepare_output_dir(config, resumes=True):
     """Creates the run directory and writes `config.json`; returns its path.
 
     Workers other than the chief of a multi-worker cluster write to
     `output_dir/workers/worker_N`. A run directory holding the backup of an
     interrupted run resumes it, so it must have been started with the same
-    flags.
+    flags. A recipe that does not resume (`resumes=False`) says so, with a
+    warning, when the directory holds an interrupted run (a `config.json`
+    without `metrics.json`): it starts afresh and replaces it.
     """
     output_dir = config["output_dir"]
     if not distribute.is_chief():
@@ -285,7 +318,14 @@ def prepare_output_dir(config):
                                   f"{task['type']}_{task.get('index', 0)}")
     config_path = os.path.join(output_dir, "config.json")
     _check_run_directory(output_dir, config_path)
-    if os.path.isdir(os.path.join(output_dir, "backup")) and os.path.exists(config_path):
+    if not resumes:
+        if os.path.exists(config_path) and \
+                not os.path.exists(os.path.join(output_dir, "metrics.json")):
+            logging.warning(
+                "%r holds an interrupted run, and this recipe does not resume "
+                "interrupted runs (recipes.train does): this run starts again from "
+                "the first epoch and replaces it.", output_dir)
+    elif os.path.isdir(os.path.join(output_dir, "backup")) and os.path.exists(config_path):
         with open(config_path) as f:
             previous = json.load(f)
         changed = sorted(k for k in set(previous) | set(config)
@@ -470,43 +510,58 @@ def check_finite(history):
             "was exported.")
 
 
-def evaluate(model, data, swa=None, snapshot_dir=None):
-    """Test metrics of the trained model and of its averaging variants.
+def evaluate(model, data, swa=None, snapshot_dir=None, ema=False):
+    """Test metrics of the exported model and of every other model of the run.
 
-    `test_loss` is the mean cross-entropy (without weight penalties, so that
-    models and ensembles compare).
+    Every figure says which model it is about. `exported_model` names the
+    model that is exported: `"ensemble"` (the snapshot ensemble) with
+    snapshots, else `"swa"` (the averaged weights) with SWA, else `"ema"`
+    (Keras' moving average, which `use_ema` leaves in the model) or
+    `"final"` (the weights at the end of training). `test_accuracy`,
+    `test_loss` and `validation_accuracy` are always the exported model's.
+    `MODEL_test_accuracy` is the test accuracy of each model the run has:
+    `final_` or `ema_` (the trained weights before SWA averaging), `swa_`,
+    `ensemble_` and `last_snapshot_`, and `snapshot_test_accuracies` lists
+    every snapshot's. `test_loss` is the mean cross-entropy (without weight
+    penalties, so that models and ensembles compare).
 
     Args:
         model: the trained model (outputs logits), holding its final weights:
-            the SWA average with `swa`, the EMA with `--ema`.
+            the SWA average with `swa`, the EMA with `ema`.
         data: the `DataSplits`.
         swa: the `StochasticWeightAveraging` callback, or `None`.
         snapshot_dir: the `SnapshotEnsemble` directory, or `None`.
+        ema: whether the model was trained with `use_ema`. Defaults to `False`.
 
     Returns:
-        `(final_model, metrics)`: the model to export (the snapshot ensemble
-        if there is one, else `model`) and the metrics of the output contract.
+        `(exported, metrics)`: the model to export and the metrics of the
+        output contract.
     """
+    trained = "ema" if ema else "final"
     accuracy, loss = _accuracy_and_loss(model, data.test)
-    metrics = {"test_accuracy": accuracy, "test_loss": loss}
-    final_model = model
+    accuracies = {}
+    exported, exported_name, exported_loss = model, trained, loss
     if swa is not None and swa.final_weights is not None:
-        metrics["swa_test_accuracy"] = accuracy
+        accuracies["swa"] = accuracy
+        exported_name = "swa"
         with swa.swap_in_final_weights():
-            metrics["final_test_accuracy"] = _accuracy_and_loss(model, data.test)[0]
+            accuracies[trained] = _accuracy_and_loss(model, data.test)[0]
+    else:
+        accuracies[trained] = accuracy
+    members = None
     if snapshot_dir is not None:
-        final_model = ensemble.Ensemble.from_directory(snapshot_dir)
-        members = final_model.evaluate_members(data.test)
-        ensemble_accuracy, ensemble_loss = _accuracy_and_loss(final_model, data.test)
-        metrics.update(
-            test_accuracy=ensemble_accuracy, test_loss=ensemble_loss,
-            model_test_accuracy=accuracy, ensemble_test_accuracy=members["ensemble"],
-            snapshot_test_accuracies=members["members"],
-            last_snapshot_test_accuracy=members["members"][-1])
+        exported, exported_name = ensemble.Ensemble.from_directory(snapshot_dir), "ensemble"
+        members = exported.evaluate_members(data.test)["members"]
+        accuracies["ensemble"], exported_loss = _accuracy_and_loss(exported, data.test)
+        accuracies["last_snapshot"] = members[-1]
+    metrics = {"exported_model": exported_name,
+               "test_accuracy": accuracies[exported_name], "test_loss": exported_loss}
     if data.validation is not None:
-        metrics["validation_accuracy"] = _accuracy_and_loss(final_model,
-                                                            data.validation)[0]
-    return final_model, metrics
+        metrics["validation_accuracy"] = _accuracy_and_loss(exported, data.validation)[0]
+    metrics.update({f"{name}_test_accuracy": value for name, value in accuracies.items()})
+    if members is not None:
+        metrics["snapshot_test_accuracies"] = members
+    return exported, metrics
 
 
 def _accuracy_and_loss(model, dataset):

@@ -9,13 +9,23 @@ then `--weights=PATH.keras`), and fits it to the data spec:
   and a linear softmax classifier (`kerastrain.transfer.LinearProbe`) is
   fitted on the codes; seconds, and strong when the data is scarce.
 - `--mode=finetune`: phase 1 trains a new head on the frozen backbone for
-  `--epochs_head` epochs at `--learning_rate`; phase 2 unfreezes the top
+  `--head_steps` optimizer steps (rounded up to whole epochs; or
+  `--epochs_head` epochs) at `--learning_rate`; phase 2 unfreezes the top
   `--unfreeze` blocks (BatchNorm stays frozen, in inference mode) and trains
-  `--epochs_finetune` epochs at `--learning_rate * --finetune_lr_factor`
-  under `--schedule`, optionally unfreezing gradually (`--gradual`), with
-  lower rates lower down (`--block_lr_decay`), weight averaging
-  (`--swa_start`, `--ema`) or a snapshot ensemble (`--snapshots`), all in
-  phase 2.
+  `--finetune_steps` steps (or `--epochs_finetune` epochs) at
+  `--learning_rate * --finetune_lr_factor` under `--schedule`, optionally
+  unfreezing gradually (`--gradual`), with lower rates lower down
+  (`--block_lr_decay`), weight averaging (`--swa_start`, `--ema`) or a
+  snapshot ensemble (`--snapshots`), all in phase 2. The head standardises
+  the CNN codes (mean and variance of the training images' codes) and its
+  logits start at zero (loss ln k), so the defaults suit any backbone and
+  any data size; `--learning_rate=auto` sets the rate with the LR range test
+  on the head (`kerastrain.transfer.find_head_learning_rate`, plotted to
+  `lr_finder.png`).
+
+This recipe does not resume an interrupted run (recipes.train does): started
+again, it trains from the first epoch and replaces the run directory, with a
+warning when that directory holds an interrupted run.
 
 Writes the run directory of the recipe contract (`config.json`,
 `history.csv`, `metrics.json`, `training_curves.png`, `learning_rate.png`,
@@ -26,16 +36,22 @@ raw uint8 images of any size.
         --save_backbone=runs/source/backbone.keras
     python -m recipes.finetune --weights=runs/source/backbone.keras \\
         --classes=dog,frog,horse,ship,truck --labels_per_class=50 \\
-        --mode=finetune --epochs_head=5 --epochs_finetune=10 --unfreeze=2 \\
         --export_dir=saved_models/target
     python -m recipes.finetune --data=folder:~/photos --backbone=EfficientNetB0 \\
         --weights=imagenet --image_size=224 --mode=features
 
-`metrics.json` holds `test_accuracy`, `test_loss` (mean cross-entropy),
-`validation_accuracy`, `epochs` and `train_seconds`, plus the averaging
-metrics of `recipes.train` with `--swa_start` or `--snapshots`, and
-`head_validation_accuracy` (after phase 1). Other code calls `run(config)`
-with a dict of flag values; missing ones take their defaults.
+`metrics.json` names the exported model in `exported_model`: `ensemble` with
+`--snapshots`, else `swa` with `--swa_start`, else `ema` with `--ema`, else
+`final` (the weights at the end of training; in features mode, the linear
+classifier on the backbone). `test_accuracy`, `test_loss` (mean
+cross-entropy) and `validation_accuracy` are that model's; every other
+figure names its model (`final_test_accuracy` or `ema_test_accuracy`,
+`swa_test_accuracy`, `ensemble_test_accuracy`, `last_snapshot_test_accuracy`,
+`snapshot_test_accuracies`, `head_validation_accuracy` for the head after
+phase 1). It also holds `epochs` (`head_epochs` + `finetune_epochs`),
+`head_learning_rate` (the phase-1 rate, found with `auto`) and
+`train_seconds`. Other code calls `run(config)` with a dict of flag values;
+missing ones take their defaults.
 """
 
 import csv
@@ -63,17 +79,22 @@ flags.DEFINE_string("weights", "imagenet",
 flags.DEFINE_enum("mode", "finetune", ["features", "finetune"],
                   "features: linear classifier on frozen CNN codes; finetune: "
                   "new head, then the top blocks (two phases).")
-flags.DEFINE_integer("epochs_head", 5, "Phase 1 epochs: the head on the frozen "
-                     "backbone (0 skips it).")
-flags.DEFINE_integer("epochs_finetune", 5, "Phase 2 epochs: with the top "
-                     "--unfreeze blocks trainable (0 trains the head only).")
+flags.DEFINE_integer("head_steps", 100, "Phase 1 length in optimizer steps, "
+                     "rounded up to whole epochs (--epochs_head overrides it).")
+flags.DEFINE_integer("finetune_steps", 100, "Phase 2 length in optimizer steps, "
+                     "rounded up to whole epochs (--epochs_finetune overrides it).")
+flags.DEFINE_integer("epochs_head", None, "Phase 1 epochs: the head on the frozen "
+                     "backbone (0 skips it). Default: --head_steps.")
+flags.DEFINE_integer("epochs_finetune", None, "Phase 2 epochs: with the top "
+                     "--unfreeze blocks trainable (0 trains the head only). "
+                     "Default: --finetune_steps.")
 flags.DEFINE_integer("unfreeze", 1, "Backbone blocks (or layers, see "
                      "--unfreeze_unit) unfrozen in phase 2, counted from the top.")
 flags.DEFINE_enum("unfreeze_unit", "blocks", ["blocks", "layers"],
                   "What --unfreeze counts.")
 flags.DEFINE_bool("gradual", False, "Phase 2 unfreezes one more block per epoch "
                   "until --unfreeze blocks train.")
-flags.DEFINE_float("finetune_lr_factor", 0.1, "Phase 2 (peak) learning rate = "
+flags.DEFINE_float("finetune_lr_factor", 0.3, "Phase 2 (peak) learning rate = "
                    "--learning_rate times this.")
 flags.DEFINE_float("block_lr_decay", None, "Discriminative rates in phase 2: "
                    "each block down from the top trains at this factor of the "
@@ -97,27 +118,49 @@ def run(config):
     config = common.complete_config(config, __name__)
     _check_config(config)
     strategy = common.strategy(config)
-    output_dir = common.prepare_output_dir(config)
     keras.utils.set_random_seed(config["seed"])
     data = common.load_data(config)
+    steps_per_epoch = -(-data.num_train // config["batch_size"])
+    epochs = _phase_epochs(config, steps_per_epoch)
+    if config["mode"] == "finetune":
+        common.check_config(config, max(epochs[1], 1), auto_learning_rate=True)
+    output_dir = common.prepare_output_dir(config, resumes=False)
     weights, name = config["weights"], config["backbone"]
     if str(weights).endswith(".keras"):
         name = None  # the file holds the architecture
     with strategy.scope():
         backbone = kt.transfer.backbone(name, data.image_shape, weights)
-    run_mode = _features if config["mode"] == "features" else _finetune
-    final_model, metrics, history, schedule, steps = run_mode(
-        config, data, backbone, strategy, output_dir)
+    if config["mode"] == "features":
+        final_model, metrics, history, schedule, steps = _features(
+            config, data, backbone, output_dir)
+    else:
+        final_model, metrics, history, schedule, steps = _finetune(
+            config, data, backbone, strategy, output_dir, steps_per_epoch, *epochs)
     common.write_outputs(output_dir, history, schedule, steps, metrics)
     _confusion_matrix(final_model, data, os.path.join(output_dir, "confusion_matrix.png"))
     common.export_model(final_model, config, data.class_names)
     return metrics
 
 
+def _phase_epochs(config, steps_per_epoch):
+    """`(head epochs, finetune epochs)`: the epoch flags, else the step budgets
+    rounded up to whole epochs."""
+    def epochs(phase):
+        given = config[f"epochs_{phase}"]
+        return given if given is not None else -(-config[f"{phase}_steps"] // steps_per_epoch)
+    return epochs("head"), epochs("finetune")
+
+
+def _trains(config, phase):
+    """Whether phase `"head"` or `"finetune"` gets any epochs."""
+    given = config[f"epochs_{phase}"]
+    return bool(given if given is not None else config[f"{phase}_steps"])
+
+
 def _check_config(config):
-    common.check_config(config, max(config["epochs_finetune"], 1))
-    for key in ("epochs_head", "epochs_finetune", "unfreeze", "probe_epochs"):
-        if config[key] < 0:
+    for key in ("epochs_head", "epochs_finetune", "head_steps", "finetune_steps",
+                "unfreeze", "probe_epochs"):
+        if config[key] is not None and config[key] < 0:
             raise ValueError(f"Invalid value for --{key}: expected an int >= 0, "
                              f"received {config[key]}")
     if config["mode"] == "features":
@@ -130,12 +173,14 @@ def _check_config(config):
             raise ValueError(f"--regularizer={config['regularizer']} applies to "
                              "--mode=finetune; --mode=features penalizes its linear "
                              "classifier with --probe_l2")
+        common.check_config(config, 1, auto_learning_rate=True)
         return
-    if config["epochs_head"] + config["epochs_finetune"] == 0:
-        raise ValueError("Nothing to train: pass --epochs_head or --epochs_finetune > 0")
+    if not (_trains(config, "head") or _trains(config, "finetune")):
+        raise ValueError("Nothing to train: pass --epochs_head, --epochs_finetune, "
+                         "--head_steps or --finetune_steps > 0")
     averaging = [f"--{key}" for key in ("swa_start", "snapshots", "ema")
                  if config[key] not in (None, 0, False)]
-    if averaging and not config["epochs_finetune"]:
+    if averaging and not _trains(config, "finetune"):
         raise ValueError(f"{', '.join(averaging)} apply to phase 2; pass "
                          "--epochs_finetune > 0")
     clashes = [f"--{key}" for key in ("swa_lr", "snapshots", "ema", "gradual")
@@ -147,8 +192,7 @@ def _check_config(config):
                          "variable trainable at every step")
 
 
-def _features(config, data, backbone, strategy, output_dir):
-    del strategy  # a linear classifier on codes trains in seconds
+def _features(config, data, backbone, output_dir):
     start = time.time()
     verbose = 1 if config["verbose"] == 1 else 0
     codes = {split: kt.transfer.extract_features(backbone, getattr(data, split), verbose)
@@ -159,28 +203,37 @@ def _features(config, data, backbone, strategy, output_dir):
         seed=config["seed"]).fit(*codes["train"], validation=codes.get("validation"))
     train_seconds = time.time() - start
     test = probe.evaluate(*codes["test"])
-    metrics = {"test_accuracy": test["accuracy"], "test_loss": test["loss"],
-               "epochs": config["probe_epochs"], "train_seconds": round(train_seconds, 1)}
+    metrics = {"exported_model": "final", "test_accuracy": test["accuracy"],
+               "test_loss": test["loss"]}
     if "validation" in codes:
         metrics["validation_accuracy"] = probe.evaluate(*codes["validation"])["accuracy"]
+    metrics.update(final_test_accuracy=test["accuracy"], epochs=config["probe_epochs"],
+                   train_seconds=round(train_seconds, 1))
     history = probe.history
     _write_history(os.path.join(output_dir, "history.csv"), history.history)
     steps = config["probe_epochs"] * -(-data.num_train // probe.batch_size)
     return probe.to_model(backbone), metrics, history, probe.learning_rate, steps
 
 
-def _finetune(config, data, backbone, strategy, output_dir):
-    steps_per_epoch = -(-data.num_train // config["batch_size"])
-    epochs = config["epochs_finetune"]
-    schedule = kt.schedules.get(common.schedule_config(
-        config, steps_per_epoch, max(epochs, 1),
-        learning_rate=config["learning_rate"] * config["finetune_lr_factor"]))
+def _finetune(config, data, backbone, strategy, output_dir, steps_per_epoch,
+              head_epochs, epochs):
     with strategy.scope():
-        model = kt.transfer.build_classifier(backbone, data.num_classes,
-                                             dropout=config["dropout"], seed=config["seed"])
+        model = kt.transfer.build_classifier(
+            backbone, data.num_classes, dropout=config["dropout"], seed=config["seed"],
+            standardize_on=data.train)
         regularizer = common.regularizer(config)
         if regularizer is not None:
             model = kt.regularizers.apply(model, regularizer)
+    optimizer = {"name": config["optimizer"]}
+    if config["weight_decay"] is not None:
+        optimizer["weight_decay"] = config["weight_decay"]
+    augmentation = kt.augment.Augmentation.from_policy(config["augment"],
+                                                       seed=config["seed"])
+    head_lr = _head_learning_rate(config, model, data, optimizer, augmentation,
+                                  output_dir)
+    schedule = kt.schedules.get(common.schedule_config(
+        config, steps_per_epoch, max(epochs, 1),
+        learning_rate=head_lr * config["finetune_lr_factor"]))
     history_path = os.path.join(output_dir, "history.csv")
     if os.path.exists(history_path):
         os.remove(history_path)
@@ -188,45 +241,58 @@ def _finetune(config, data, backbone, strategy, output_dir):
             keras.callbacks.CSVLogger(history_path, append=True)]
     if config["block_lr_decay"] is None:  # MultiOptimizer has no single rate
         both.insert(0, kt_callbacks.LearningRateLogger())
-    swa, snapshot_dir, phase_two = _averaging_callbacks(config, data, schedule,
-                                                        steps_per_epoch, output_dir)
-    optimizer = {"name": config["optimizer"]}
-    if config["weight_decay"] is not None:
-        optimizer["weight_decay"] = config["weight_decay"]
+    swa, snapshot_dir, phase_two = _averaging_callbacks(
+        config, data, schedule, steps_per_epoch, head_epochs, epochs, output_dir)
     start = time.time()
     head, tuned = kt.transfer.fine_tune(
-        model, data, head_epochs=config["epochs_head"], finetune_epochs=epochs,
+        model, data, head_epochs=head_epochs, finetune_epochs=epochs,
         unfreeze_top=config["unfreeze"], unit=config["unfreeze_unit"],
-        gradual=config["gradual"], head_lr=config["learning_rate"],
+        gradual=config["gradual"], head_lr=head_lr,
         finetune_lr=schedule, block_lr_decay=config["block_lr_decay"],
         optimizer=optimizer, ema_momentum=config["ema_momentum"] if config["ema"] else None,
-        augmentation=kt.augment.Augmentation.from_policy(config["augment"],
-                                                         seed=config["seed"]),
-        callbacks=both, finetune_callbacks=phase_two, verbose=config["verbose"])
+        augmentation=augmentation, callbacks=both, finetune_callbacks=phase_two,
+        verbose=config["verbose"])
     train_seconds = time.time() - start
     history = _merge(head, tuned)
     common.check_finite(history)
-    final_model, metrics = common.evaluate(model, data, swa, snapshot_dir)
+    final_model, metrics = common.evaluate(model, data, swa, snapshot_dir,
+                                           ema=config["ema"])
     if head is not None and "val_accuracy" in head.history:
         metrics["head_validation_accuracy"] = head.history["val_accuracy"][-1]
-    metrics.update(epochs=config["epochs_head"] + epochs,
+    metrics.update(epochs=head_epochs + epochs, head_epochs=head_epochs,
+                   finetune_epochs=epochs, head_learning_rate=head_lr,
                    train_seconds=round(train_seconds, 1))
     return final_model, metrics, history, schedule, max(epochs, 1) * steps_per_epoch
 
 
-def _averaging_callbacks(config, data, schedule, steps_per_epoch, output_dir):
+def _head_learning_rate(config, model, data, optimizer, augmentation, output_dir):
+    """`--learning_rate`, or with `auto` the LR range test's suggestion for the
+    head (plotted to `lr_finder.png`)."""
+    if config["learning_rate"] != "auto":
+        return float(config["learning_rate"])
+    result = kt.transfer.find_head_learning_rate(model, data, optimizer, augmentation)
+    result.plot(os.path.join(output_dir, "lr_finder.png"))
+    if result.suggestion is None:
+        raise RuntimeError(f"The LR range test on the head stopped after "
+                           f"{len(result.losses)} steps ({result.stop_reason}) without "
+                           "a suggestion; pass --learning_rate=NUMBER")
+    return result.suggestion
+
+
+def _averaging_callbacks(config, data, schedule, steps_per_epoch, head_epochs, epochs,
+                         output_dir):
     """SWA and snapshot callbacks of phase 2 (epochs count on from phase 1)."""
     callbacks, swa, snapshot_dir = [], None, None
     if config["swa_start"] is not None:
         swa = kt_callbacks.StochasticWeightAveraging(
-            start_epoch=config["epochs_head"] + config["swa_start"],
+            start_epoch=head_epochs + config["swa_start"],
             swa_learning_rate=config["swa_lr"], bn_update_data=data.train)
         callbacks.append(swa)
     if config["snapshots"]:
         snapshot_dir = os.path.join(output_dir, "snapshots")
         callbacks.append(common.snapshot_callback(
-            config, schedule, config["epochs_finetune"] * steps_per_epoch, snapshot_dir,
-            f"--epochs_finetune={config['epochs_finetune']}"))
+            config, schedule, epochs * steps_per_epoch, snapshot_dir,
+            f"{epochs} phase-2 epochs"))
     return swa, snapshot_dir, callbacks
 
 

@@ -15,13 +15,16 @@ the run directory of the recipe contract (`config.json`, `history.csv`,
     python -m recipes.train --save_backbone=runs/source/backbone.keras \\
         --classes=airplane,automobile,bird,cat,deer
 
-`metrics.json` holds `test_accuracy` and `test_loss` (mean cross-entropy) of
-the exported model (the averaged model with SWA/EMA, the ensemble with
-`--snapshots`), `validation_accuracy`, `epochs` and `train_seconds`; SWA runs
-add `swa_test_accuracy` and `final_test_accuracy` (the weights before
-averaging), snapshot runs add `ensemble_test_accuracy`,
-`last_snapshot_test_accuracy`, `snapshot_test_accuracies` and
-`model_test_accuracy` (the trained model itself). Other code calls
+`metrics.json` says which model is exported in `exported_model`: `ensemble`
+(the snapshot ensemble) with `--snapshots`, else `swa` (the averaged
+weights) with `--swa_start`, else `ema` (the moving average, which Keras'
+`use_ema` leaves in the model) with `--ema`, else `final` (the weights at the
+end of training). `test_accuracy`, `test_loss` (mean cross-entropy) and
+`validation_accuracy` are that model's. Every other figure names its model:
+`final_test_accuracy` (or `ema_test_accuracy` with `--ema`: the trained
+weights before SWA averaging), `swa_test_accuracy`, `ensemble_test_accuracy`,
+`last_snapshot_test_accuracy` and `snapshot_test_accuracies`, as the run
+has them; plus `epochs` and `train_seconds`. Other code calls
 `run(config)` with a dict of flag values; missing ones take their defaults.
 """
 
@@ -83,7 +86,8 @@ def run(config):
                         verbose=config["verbose"])
     train_seconds = time.time() - start
     common.check_finite(history)
-    final_model, metrics = common.evaluate(model, data, swa, snapshot_dir)
+    final_model, metrics = common.evaluate(model, data, swa, snapshot_dir,
+                                           ema=config["ema"])
     metrics.update(epochs=config["epochs"], train_seconds=round(train_seconds, 1))
     common.write_outputs(output_dir, history, schedule, total_steps, metrics)
     if config["save_backbone"]:

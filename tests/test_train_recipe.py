@@ -23,10 +23,11 @@ CLASSES = ["airplane", "frog", "truck"]
 TINY = dict(classes=CLASSES, labels_per_class=40, batch_size=32, epochs=4, width=8,
             blocks=2, learning_rate=3e-3, verbose=0)
 STEPS_PER_EPOCH = 4  # ceil(3 classes * 40 images / 32)
-CONTRACT_KEYS = {"test_accuracy", "test_loss", "epochs", "train_seconds",
-                 "validation_accuracy", "swa_test_accuracy", "final_test_accuracy",
-                 "ensemble_test_accuracy", "last_snapshot_test_accuracy",
-                 "snapshot_test_accuracies", "model_test_accuracy"}
+# With --ema the trained weights are the moving average: `ema_`, not `final_`.
+CONTRACT_KEYS = {"exported_model", "test_accuracy", "test_loss", "epochs",
+                 "train_seconds", "validation_accuracy", "swa_test_accuracy",
+                 "ema_test_accuracy", "ensemble_test_accuracy",
+                 "last_snapshot_test_accuracy", "snapshot_test_accuracies"}
 
 
 @pytest.fixture(scope="module")
@@ -88,13 +89,34 @@ def test_metrics_hold_every_averaging_variant(averaged_run):
     assert metrics["epochs"] == 4 and metrics["train_seconds"] > 0
     assert len(metrics["snapshot_test_accuracies"]) == 2
     assert metrics["last_snapshot_test_accuracy"] == metrics["snapshot_test_accuracies"][-1]
-    # The exported model is the ensemble; the trained model is the SWA average.
-    assert metrics["test_accuracy"] == pytest.approx(metrics["ensemble_test_accuracy"])
-    assert metrics["swa_test_accuracy"] == metrics["model_test_accuracy"]
-    for key in ("ensemble_test_accuracy", "swa_test_accuracy",
+    # The exported model is the ensemble, and says so; the trained model
+    # holds the SWA average of the raw weights.
+    assert metrics["exported_model"] == "ensemble"
+    assert metrics["test_accuracy"] == metrics["ensemble_test_accuracy"]
+    for key in ("ensemble_test_accuracy", "swa_test_accuracy", "ema_test_accuracy",
                 "last_snapshot_test_accuracy"):
         assert metrics[key] > 0.45, (key, metrics)  # chance is 1/3
     assert 0 < metrics["test_loss"] < np.log(3) + 0.2
+
+
+@pytest.mark.parametrize("overrides, exported, figures", [
+    ({}, "final", {"final_test_accuracy"}),
+    (dict(ema=True, ema_momentum=0.9), "ema", {"ema_test_accuracy"}),
+    (dict(swa_start=2), "swa", {"swa_test_accuracy", "final_test_accuracy"}),
+])
+def test_metrics_name_the_exported_model_and_every_other(tmp_path, test_split,
+                                                         overrides, exported, figures):
+    config = dict(TINY, epochs=3, output_dir=str(tmp_path / "run"),
+                  export_dir=str(tmp_path / "export"), **overrides)
+    metrics = train.run(config)
+    assert metrics["exported_model"] == exported
+    assert set(metrics) == {"exported_model", "test_accuracy", "test_loss",
+                            "validation_accuracy", "epochs", "train_seconds"} | figures
+    # test_accuracy is the exported model's figure, which the SavedModel reproduces.
+    assert metrics["test_accuracy"] == metrics[f"{exported}_test_accuracy"]
+    serve, _ = load_serving(config["export_dir"])
+    x, y = test_split
+    assert np.mean(serve(x)["class_ids"] == y) == pytest.approx(metrics["test_accuracy"])
 
 
 def test_snapshots_are_taken_at_the_cycle_ends(averaged_run):

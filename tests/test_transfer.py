@@ -173,6 +173,37 @@ def test_batch_norm_statistics_move_in_plain_keras_but_not_through_kerastrain(
     assert moved == [f"block{b}_conv{c}/kernel" for b in (1, 2) for c in (1, 2)]
 
 
+def test_head_starts_uniform_on_standardized_codes(source_file, target):
+    # Issue 9: a Glorot head on raw codes started at loss 3.5 for 5 classes
+    # (ln 5 = 1.6), and a few-shot phase 1 never recovered.
+    backbone = transfer.backbone(None, (32, 32, 3), source_file)
+    raw_codes, _ = transfer.extract_features(backbone, target.train, verbose=0)
+    model = transfer.build_classifier(backbone, 5, standardize_on=target.train)
+    standardized = keras.Model(model.input, model.get_layer("standardize").output)
+    codes, _ = transfer.extract_features(standardized, target.train, verbose=0)
+    alive = raw_codes.var(0) > 0.01 * raw_codes.var(0).mean()
+    assert alive.sum() >= 0.5 * len(alive)
+    np.testing.assert_allclose(codes.mean(0), 0, atol=1e-3)
+    np.testing.assert_allclose(codes[:, alive].std(0), 1, atol=1e-3)
+    assert np.all(codes.std(0) <= 1 + 1e-3)  # the floor keeps dead codes small
+    # Zero logits: uniform predictions, initial loss ln(5) with or without it.
+    for classifier in (model, transfer.build_classifier(backbone, 5)):
+        classifier.compile(loss=LOSS)
+        assert classifier.evaluate(target.train, verbose=0) == pytest.approx(np.log(5), abs=1e-5)
+
+
+def test_head_lr_range_test_leaves_the_weights_as_they_were(source_file, target):
+    model = _classifier(source_file)
+    before = [w.numpy().copy() for w in model.weights]
+    result = transfer.find_head_learning_rate(model, target, min_lr=1e-4, max_lr=1.0,
+                                              steps=20)
+    assert 1e-4 <= result.suggestion <= 1.0 and len(result.losses) >= 5
+    assert sorted(v.path for v in model.trainable_weights) == ["logits/bias",
+                                                                "logits/kernel"]
+    for old, new in zip(before, model.weights):
+        np.testing.assert_array_equal(old, new.numpy())
+
+
 def test_unfreeze_counts_blocks_or_layers(source_file):
     model = _classifier(source_file)
     assert [name for name, _ in transfer.block_names(model)] == ["block1", "block2"]

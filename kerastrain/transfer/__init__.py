@@ -8,7 +8,8 @@ Two ways to reuse a trained network on a new, small labelled set:
 2. Fine-tuning: `build_classifier(backbone, num_classes)`, train the new
    head with the backbone frozen (`freeze_backbone`), then `unfreeze` its
    top blocks and continue at a lower learning rate (`fine_tune` runs both
-   phases; `GradualUnfreezing` and `discriminative_optimizer` are options).
+   phases; `GradualUnfreezing` and `discriminative_optimizer` are options;
+   `find_head_learning_rate` runs the LR range test on the head).
    BatchNorm stays frozen and in inference mode throughout.
 
 `backbone(name, input_shape, weights)` gives any `keras.applications` model
@@ -22,7 +23,8 @@ from kerastrain.transfer.backbones import (PreprocessInput,
                                            cut_backbone)
 from kerastrain.transfer.codes import LinearProbe, extract_features
 from kerastrain.transfer.finetune import (ScaledSchedule, build_classifier,
-                                          discriminative_optimizer, fine_tune)
+                                          discriminative_optimizer,
+                                          find_head_learning_rate, fine_tune)
 from kerastrain.transfer.unfreezing import (GradualUnfreezing, block_names,
                                             freeze_backbone, unfreeze)
 
@@ -30,4 +32,4 @@ __all__ = ["backbone", "cut_backbone", "available_names", "PreprocessInput",
            "WeightsNotAvailableError", "extract_features", "LinearProbe",
            "build_classifier", "freeze_backbone", "unfreeze", "block_names",
            "GradualUnfreezing", "discriminative_optimizer", "ScaledSchedule",
-           "fine_tune"]
+           "find_head_learning_rate", "fine_tune"]

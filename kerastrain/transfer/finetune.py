@@ -12,17 +12,30 @@ blocks one by one (`GradualUnfreezing`) or giving lower blocks lower rates
 import re
 
 import keras
+import numpy as np
 
 from kerastrain import _checks
+from kerastrain import lr_finder
 from kerastrain import optimizers
 from kerastrain import schedules
+from kerastrain.transfer.codes import extract_features
 from kerastrain.transfer.unfreezing import (GradualUnfreezing, block_names,
                                             freeze_backbone, unfreeze)
 
 
 def build_classifier(backbone, num_classes, dropout=0.2, seed=None,
-                     name="classifier"):
-    """`raw images -> backbone(training=False) -> Dropout -> Dense logits`.
+                     name="classifier", standardize_on=None):
+    """`raw images -> backbone(training=False) -> [standardize] -> Dropout -> logits`.
+
+    The logits layer starts at zero, as in Big Transfer (Kolesnikov et al.,
+    2020): the first predictions are uniform, the initial loss is exactly
+    `ln(num_classes)`, and the head's first steps learn the signal instead of
+    undoing a random projection of large, uncentred CNN codes (a Glorot head
+    on such codes starts 2x above `ln(k)` and few-shot phase-1 budgets never
+    recover). With `standardize_on`, the codes are also standardised with
+    the mean and variance of the codes of those images (as `LinearProbe`
+    does), so that one head learning rate suits any backbone's feature
+    scale.
 
     Build it inside `strategy.scope()` to train under `tf.distribute`.
 
@@ -33,6 +46,10 @@ def build_classifier(backbone, num_classes, dropout=0.2, seed=None,
             Defaults to `0.2`.
         seed: dropout seed. Defaults to `None`.
         name: model name. Defaults to `"classifier"`.
+        standardize_on: `None`, or a dataset of `(images, labels)` batches
+            (e.g. `data.train`) whose codes set the standardisation (a
+            `keras.layers.Normalization` layer named `"standardize"`; one
+            pass of the backbone over the dataset). Defaults to `None`.
 
     Returns:
         An uncompiled functional `keras.Model` whose only nested model is
@@ -40,7 +57,8 @@ def build_classifier(backbone, num_classes, dropout=0.2, seed=None,
 
     Example:
 
-    >>> model = build_classifier(backbone("MobileNetV3Small"), num_classes=5)
+    >>> model = build_classifier(backbone("MobileNetV3Small"), num_classes=5,
+    ...                          standardize_on=data.train)
     """
     _checks.check_int("num_classes", num_classes, minimum=2)
     _checks.check_real("dropout", dropout, 0, 1, high_open=True)
@@ -49,10 +67,27 @@ def build_classifier(backbone, num_classes, dropout=0.2, seed=None,
     x = backbone(inputs, training=False)
     if len(x.shape) > 2:
         x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    if standardize_on is not None:
+        codes, _ = extract_features(keras.Model(inputs, x), standardize_on, verbose=0)
+        x = _standardize(codes)(x)
     if dropout:
         x = keras.layers.Dropout(dropout, seed=seed, name="head_dropout")(x)
-    outputs = keras.layers.Dense(num_classes, name="logits")(x)
+    outputs = keras.layers.Dense(num_classes, kernel_initializer="zeros",
+                                 name="logits")(x)
     return keras.Model(inputs, outputs, name=name)
+
+
+def _standardize(codes):
+    """A `Normalization` layer with the mean and variance of `codes`.
+
+    The variance is floored at 1% of its mean: a code that is (nearly)
+    constant on these images, such as a dead ReLU channel, would otherwise be
+    divided by ~0 and explode once it moves in phase 2 or on other images.
+    """
+    variance = codes.var(axis=0)
+    variance = np.maximum(variance, 0.01 * max(float(variance.mean()), 1e-12))
+    return keras.layers.Normalization(mean=codes.mean(axis=0), variance=variance,
+                                      name="standardize")
 
 
 def discriminative_optimizer(model, optimizer="adam", learning_rate=1e-4,
@@ -219,6 +254,45 @@ def fine_tune(model, data, *, validation_data=None, head_epochs=5,
                           callbacks=extra + list(callbacks) + list(finetune_callbacks),
                           **fit)
     return head, tuned
+
+
+def find_head_learning_rate(model, data, optimizer="adam", augmentation=None,
+                            min_lr=1e-5, max_lr=1.0, steps=60):
+    """The LR range test (`kerastrain.lr_finder`) on the head of a classifier.
+
+    Freezes the backbone and compiles `model` as phase 1 of `fine_tune` does,
+    then sweeps the head's learning rate from `min_lr` to `max_lr`; the
+    weights are left exactly as they were (`fine_tune` recompiles). The
+    suggestion (where the loss falls fastest) is a rate for phase 1; phase 2
+    usually runs at a fraction of it.
+
+    Args:
+        model: a classifier from `build_classifier`.
+        data: a `kerastrain.data.DataSplits` (its `train` is used) or a
+            training `tf.data.Dataset`.
+        optimizer: optimizer name or config for `kerastrain.optimizers.build`.
+            Defaults to `"adam"`.
+        augmentation: optional object with `.apply(dataset)`. Defaults to `None`.
+        min_lr: first rate of the sweep. Defaults to `1e-5`.
+        max_lr: last rate of the sweep. Defaults to `1.0`.
+        steps: batches in the sweep, >= 5. Defaults to 60.
+
+    Returns:
+        A `kerastrain.lr_finder.LRFinderResult` (`.suggestion`, `.plot(path)`).
+
+    Example:
+
+    >>> result = find_head_learning_rate(model, data)
+    >>> fine_tune(model, data, head_lr=result.suggestion,
+    ...           finetune_lr=result.suggestion / 10)
+    """
+    train = getattr(data, "train", data)
+    if augmentation is not None:
+        train = augmentation.apply(train)
+    freeze_backbone(model)
+    _compile(model, lambda: optimizers.build(optimizer, learning_rate=min_lr))
+    return lr_finder.find_learning_rate(model, train, min_lr=min_lr, max_lr=max_lr,
+                                        steps=steps, verbose=0)
 
 
 def _compile(model, make_optimizer):
