@@ -579,11 +579,17 @@ def _accuracy_and_loss(model, dataset):
 # -- outputs ------------------------------------------------------------------
 
 
-def write_outputs(output_dir, history, schedule, total_steps, metrics):
-    """Writes `metrics.json`, the training curves and the schedule plot."""
+def write_outputs(output_dir, history, schedule, total_steps, metrics, callbacks=()):
+    """Writes `metrics.json`, the training curves and the learning-rate plot:
+    the rates a `LearningRateLogger` among `callbacks` recorded at every step
+    (what the optimizer applied, `--swa_lr` included), else `schedule`."""
     write_json(os.path.join(output_dir, "metrics.json"), metrics)
     kt.plots.training_curves(history.history,
                              os.path.join(output_dir, "training_curves.png"))
+    logged = [c for c in callbacks if isinstance(c, kt_callbacks.LearningRateLogger)]
+    if logged and logged[0].steps:
+        schedule = {"learning rate applied": logged[0].rate_at}
+        total_steps = logged[0].steps[-1] + 1
     kt.plots.plot_schedule(schedule, total_steps,
                            os.path.join(output_dir, "learning_rate.png"))
 

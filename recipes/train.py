@@ -89,7 +89,7 @@ def run(config):
     final_model, metrics = common.evaluate(model, data, swa, snapshot_dir,
                                            ema=config["ema"])
     metrics.update(epochs=config["epochs"], train_seconds=round(train_seconds, 1))
-    common.write_outputs(output_dir, history, schedule, total_steps, metrics)
+    common.write_outputs(output_dir, history, schedule, total_steps, metrics, callbacks)
     if config["save_backbone"]:
         common.save_backbone(model, config["save_backbone"])
     common.export_model(final_model, config, data.class_names)
