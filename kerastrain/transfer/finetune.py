@@ -1,9 +1,13 @@
 """Fine-tuning in two phases: a new head on a frozen backbone, then top blocks.
 
-Following the Keras transfer-learning guide: the backbone is called with
-`training=False`, so its BatchNorm layers use their moving statistics even
-once unfrozen, and `unfreeze` additionally keeps every BatchNorm's
-gamma/beta frozen. Phase 2 recompiles at a lower learning rate (changing
+BatchNorm keeps its moving statistics in every phase because
+`freeze_backbone` and `unfreeze` keep every BatchNormalization layer
+`trainable=False`, and Keras runs a non-trainable BatchNormalization in
+inference mode. The backbone is also called with `training=False`, as the
+Keras transfer-learning guide does, but in Keras 3 that alone does not
+protect the statistics: a functional model passes its own `training` flag
+down to the layers it calls, overriding the one given when it was built
+(tests/test_transfer.py keeps that behaviour as a control). Phase 2 recompiles at a lower learning rate (changing
 `trainable` only takes effect at `compile()`), optionally unfreezing the
 blocks one by one (`GradualUnfreezing`) or giving lower blocks lower rates
 (`discriminative_optimizer`, on Keras' `MultiOptimizer`).
@@ -63,7 +67,8 @@ def build_classifier(backbone, num_classes, dropout=0.2, seed=None,
     _checks.check_int("num_classes", num_classes, minimum=2)
     _checks.check_real("dropout", dropout, 0, 1, high_open=True)
     inputs = keras.Input(backbone.input_shape[1:], name="images")
-    # training=False: BatchNorm inside stays in inference mode in every phase.
+    # As the Keras guide; the frozen BatchNorm layers (trainable=False) are
+    # what keeps their statistics fixed once the outer model trains.
     x = backbone(inputs, training=False)
     if len(x.shape) > 2:
         x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
