@@ -5,7 +5,7 @@
     data = kt.data.load("cifar10_mini")
     train = kt.augment.Augmentation.from_policy("standard", seed=0).apply(data.train)
 
-Every technique lives in its own module, re-exported here: `augment`,
+Every technique lives in its own module, re-exported here: `augment`, `averaging`,
 `callbacks`, `data`, `distribute`, `ensemble`, `export`, `layers`,
 `lr_finder`, `models`, `optimizers`, `plots`, `regularizers`, `sanity`,
 `schedules`, `search`, `toy_problems`, `transfer`.
