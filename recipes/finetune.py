@@ -105,6 +105,7 @@ def run(config):
         name = None  # the file holds the architecture
     with strategy.scope():
         backbone = kt.transfer.backbone(name, data.image_shape, weights)
+    kt.transfer.check_codes(backbone, data.train)  # dead codes train to chance
     run_mode = _features if config["mode"] == "features" else _finetune
     final_model, metrics, history, schedule, steps = run_mode(
         config, data, backbone, strategy, output_dir)
