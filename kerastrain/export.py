@@ -26,6 +26,7 @@ CLASS_NAMES_FILE = "class_names.txt"
 # kerastrain export, the only kind of directory an export may replace.
 MARKER_FILE = "kerastrain_export.json"
 _FORMAT = "kerastrain.export"
+BYTES_SIGNATURE = "serving_bytes"
 _OUTPUTS = ("auto", "logits", "probabilities")
 _TOLERANCE = 1e-4
 
@@ -47,6 +48,13 @@ def export_saved_model(model, path, class_names, *, outputs="auto",
     export (see `is_export`). Works for any single-input
     image classifier: plain models, weight-averaged models and whole
     `kerastrain.ensemble.Ensemble`s (one graph).
+
+    The `serving_bytes` signature takes `images`, a `string` tensor of shape
+    `(batch,)` holding encoded JPEG/PNG files, decodes each exactly as
+    `kerastrain.data` decoded the training images (`decode_image`: JPEGs
+    with the accurate integer DCT, bit-identical to PIL), resizes it like
+    `serving_default` and returns the same outputs: serving the raw test
+    files reproduces the accuracy measured in training exactly.
 
     The SavedModel is written to a temporary directory next to `path`,
     reloaded and verified, and only then moved into place with `os.replace`,
@@ -146,30 +154,66 @@ def load_serving(path):
 
     Returns:
         A tuple `(serve, class_names)`: `serve(images)` takes a uint8
-        `(batch, h, w, 3)` array or tensor and returns the serving dict as
-        NumPy arrays (`class_names` decoded to `str`); `class_names` is the
-        list of the model's class names.
+        `(batch, h, w, 3)` array or tensor (the `serving_default` signature)
+        or a list of encoded JPEG/PNG files' bytes (the `serving_bytes`
+        signature, which decodes them as training did) and returns the
+        serving dict as NumPy arrays (`class_names` decoded to `str`);
+        `class_names` is the list of the model's class names.
     """
     loaded = tf.saved_model.load(os.fspath(path))
     if not hasattr(loaded, "class_names") or "serving_default" not in loaded.signatures:
         raise ValueError(f"Invalid value for `path`: {os.fspath(path)!r} is not a "
                          "SavedModel written by `export_saved_model`.")
     signature = loaded.signatures["serving_default"]
+    from_bytes = loaded.signatures.get(BYTES_SIGNATURE)
     class_names = [n.decode("utf-8") for n in loaded.class_names().numpy()]
 
     def serve(images):
+        if isinstance(images, (list, tuple)) and images and all(
+                isinstance(i, bytes) for i in images):
+            images = tf.constant(list(images), tf.string)
         images = tf.convert_to_tensor(images)
-        if images.dtype != tf.uint8 or images.shape.rank != 4:
+        if images.dtype == tf.string and images.shape.rank == 1 and from_bytes is not None:
+            result = from_bytes(images=images)
+        elif images.dtype == tf.uint8 and images.shape.rank == 4:
+            result = signature(images=images)
+        else:
             raise ValueError("Invalid value for `images`: expected uint8 images of "
-                             "shape (batch, height, width, 3), received "
-                             f"{images.dtype.name} of shape {images.shape}")
-        result = {k: v.numpy() for k, v in signature(images=images).items()}
+                             "shape (batch, height, width, 3) or a list of encoded "
+                             f"image files' bytes, received {images.dtype.name} of "
+                             f"shape {images.shape}")
+        result = {k: v.numpy() for k, v in result.items()}
         result["class_names"] = np.array(
             [n.decode("utf-8") for n in result["class_names"]])
         return result
 
     serve.saved_model = loaded  # keeps the restored resources alive
     return serve, class_names
+
+
+def decode_image(encoded):
+    """Decodes one JPEG, PNG, GIF or BMP file's bytes to uint8 RGB exactly as
+    `kerastrain.data` decodes the training images.
+
+    `kerastrain.data` decodes with PIL, whose JPEG decoder is libjpeg's
+    accurate integer DCT; TensorFlow's `tf.io.decode_jpeg` and
+    `tf.io.decode_image` default to the fast DCT, which puts pixels a few
+    levels off on every JPEG (and moves the served accuracy away from the
+    measured one). JPEGs are therefore decoded with
+    `dct_method="INTEGER_ACCURATE"`, which equals PIL bit for bit; other
+    formats are lossless and decode alike anyway.
+
+    Args:
+        encoded: a scalar `tf.string` tensor holding the file's bytes.
+
+    Returns:
+        A uint8 tensor of shape `(height, width, 3)`.
+    """
+    image = tf.cond(
+        tf.io.is_jpeg(encoded),
+        lambda: tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE"),
+        lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False))
+    return tf.ensure_shape(image, [None, None, 3])
 
 
 def _write(model, target, class_names, outputs, image_size):
@@ -186,13 +230,22 @@ def _write(model, target, class_names, outputs, image_size):
             default_value="")
         num_classes = len(class_names)
 
-        def serve(images):
-            x = tf.image.resize(images, image_size, method="bilinear")
+        def classify(x):
             y = tf.cast(model(x, training=False), tf.float32)
             probabilities = y if outputs == "probabilities" else tf.nn.softmax(y)
             class_ids = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
             return {"probabilities": probabilities, "class_ids": class_ids,
                     "class_names": table.lookup(class_ids)}
+
+        def serve(images):
+            return classify(tf.image.resize(images, image_size, method="bilinear"))
+
+        def serve_bytes(encoded):
+            # One image at a time: encoded files may differ in size.
+            x = tf.map_fn(lambda b: tf.image.resize(decode_image(b), image_size,
+                                                    method="bilinear"),
+                          encoded, fn_output_signature=tf.float32)
+            return classify(tf.ensure_shape(x, [None, *image_size, 3]))
 
         archive = keras.export.ExportArchive()
         archive.track(model)
@@ -202,12 +255,16 @@ def _write(model, target, class_names, outputs, image_size):
             "serve", serve,
             input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, "images")])
         archive.add_endpoint(
+            BYTES_SIGNATURE, serve_bytes,
+            input_signature=[tf.TensorSpec([None], tf.string, "images")])
+        archive.add_endpoint(
             "class_names",
             lambda: table.lookup(tf.range(num_classes, dtype=tf.int64)),
             input_signature=[])
         archive.write_out(target, verbose=False)
     marker = {"format": _FORMAT, "version": 1, "class_names": class_names,
-              "image_size": list(image_size), "outputs": outputs}
+              "image_size": list(image_size), "outputs": outputs,
+              "signatures": ["serving_default", BYTES_SIGNATURE]}
     with open(os.path.join(target, "assets", MARKER_FILE), "w", encoding="utf-8") as f:
         json.dump(marker, f, indent=2)
         f.write("\n")
@@ -241,7 +298,10 @@ def _verify(model, target, class_names, outputs, image_size, probe_images):
     y = keras.ops.convert_to_numpy(model(x, training=False)).astype(np.float32)
     expected = y if outputs == "probabilities" else _softmax(y)
     got = serve(probe_images)["probabilities"]
-    error = float(np.max(np.abs(got - expected)))
+    # The bytes signature, on lossless PNGs of the same images, must agree.
+    encoded = [tf.io.encode_png(image).numpy() for image in np.asarray(probe_images)]
+    got_bytes = serve(encoded)["probabilities"]
+    error = float(max(np.max(np.abs(got - expected)), np.max(np.abs(got_bytes - expected))))
     if not error <= _TOLERANCE:
         raise RuntimeError(
             "Export verification failed: the reloaded SavedModel's probabilities "

@@ -130,6 +130,7 @@ def run(config):
         name = None  # the file holds the architecture
     with strategy.scope():
         backbone = kt.transfer.backbone(name, data.image_shape, weights)
+    kt.transfer.check_codes(backbone, data.train)  # dead codes train to chance
     if config["mode"] == "features":
         final_model, metrics, history, schedule, steps = _features(
             config, data, backbone, output_dir)

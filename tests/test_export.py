@@ -328,7 +328,10 @@ def test_recipe_replaces_its_previous_export_and_forces_with_the_flag(tmp_path):
     from recipes import train
     export_dir, run_dir = tmp_path / "export", str(tmp_path / "run")
     config = dict(RECIPE, output_dir=run_dir, export_dir=str(export_dir))
-    train.run(config)
+    metrics = train.run(config)
+    files, labels = _test_files(RECIPE["classes"])
+    served = load_serving(export_dir)[0](files)["class_ids"]
+    assert np.mean(served == labels) == metrics["test_accuracy"]  # exactly
     first = os.stat(export_dir / "saved_model.pb").st_mtime_ns
     train.run(dict(config, seed=1))  # a rerun replaces its own export
     assert is_export(export_dir)
@@ -347,3 +350,51 @@ def test_recipe_refuses_an_output_dir_that_is_no_run_directory(tmp_path, make):
     with pytest.raises(ValueError, match="--output_dir=.*"):
         train.run(dict(RECIPE, output_dir=str(run_dir)))
     assert intact()
+
+
+# -- serving encoded files: decoded exactly as training decoded them ------------
+
+def _test_files(classes):
+    """The embedded test files' bytes and labels, in `kt_data.load`'s order."""
+    root = os.path.join(os.path.dirname(kt_data.__file__), "datasets", "cifar10_mini",
+                        "test")
+    files, labels = [], []
+    for label, name in enumerate(classes):
+        for entry in sorted(os.listdir(os.path.join(root, name))):
+            with open(os.path.join(root, name, entry), "rb") as f:
+                files.append(f.read())
+            labels.append(label)
+    return files, np.array(labels)
+
+
+def test_bytes_signature_decodes_jpegs_exactly_like_training(test_arrays):
+    files, labels = _test_files(sorted(CLASSES))
+    np.testing.assert_array_equal(labels, test_arrays[1])
+    from kerastrain.export import decode_image
+    decoded = np.stack([decode_image(tf.constant(f)).numpy() for f in files])
+    np.testing.assert_array_equal(decoded, test_arrays[0])  # bit-identical to PIL
+    fast = np.stack([tf.io.decode_jpeg(f, channels=3).numpy() for f in files[:20]])
+    assert np.abs(fast.astype(int) - test_arrays[0][:20]).max() >= 2  # the trap
+
+
+def test_served_accuracy_on_raw_files_equals_the_models(splits, test_arrays, tmp_path):
+    keras.utils.set_random_seed(3)
+    model = small_cnn(len(CLASSES), width=8, blocks=1)
+    model.compile(keras.optimizers.Adam(3e-3),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(splits.train, epochs=2, verbose=0)
+    path = export_saved_model(model, tmp_path / "m", splits.class_names)
+    files, labels = _test_files(splits.class_names)
+    serve, _ = load_serving(path)
+    served = serve(files)
+    keras_ids = np.argmax(model.predict(test_arrays[0], verbose=0), -1)
+    np.testing.assert_array_equal(served["class_ids"], keras_ids)
+    assert np.mean(served["class_ids"] == labels) == np.mean(keras_ids == test_arrays[1])
+    signature = tf.saved_model.load(path).signatures["serving_bytes"]
+    raw = signature(images=tf.constant(files[:8]))
+    np.testing.assert_allclose(raw["probabilities"].numpy(),
+                               served["probabilities"][:8], atol=1e-6)
+    # A PNG of the same pixels serves the same probabilities.
+    png = [tf.io.encode_png(image).numpy() for image in test_arrays[0][:8]]
+    np.testing.assert_allclose(serve(png)["probabilities"],
+                               served["probabilities"][:8], atol=1e-6)

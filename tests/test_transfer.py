@@ -2,6 +2,7 @@
 classes (airplane, automobile, bird, cat, deer) transferred to the other five
 (dog, frog, horse, ship, truck) with 50 labels per class."""
 
+import os
 
 import keras
 import numpy as np
@@ -326,3 +327,36 @@ def test_transfer_beats_scratch_on_few_labels(source_file, target):
           f"fine-tune {finetune_accuracy:.3f}")
     assert probe_accuracy > scratch_accuracy + MARGIN
     assert finetune_accuracy > scratch_accuracy + MARGIN
+
+
+# -- dead CNN codes ----------------------------------------------------------------
+
+def test_check_codes_stops_a_random_init_backbone(target):
+    keras.utils.set_random_seed(0)
+    dead = keras.applications.MobileNetV2(alpha=0.35, input_shape=(32, 32, 3),
+                                          include_top=False, weights=None, pooling="avg")
+    result = transfer.check_codes(dead, target, examples=64, raise_error=False)
+    assert not result.passed and result.figures["spread"] < 1e-9
+    with pytest.raises(ValueError, match="do not vary across images.*pretrained weights"):
+        transfer.check_codes(dead, target, examples=64)
+
+
+def test_check_codes_passes_a_trained_backbone(target):
+    keras.utils.set_random_seed(0)
+    model = kt.models.small_cnn(5, width=4, blocks=1)
+    model.compile(keras.optimizers.Adam(3e-3), LOSS)
+    model.fit(target.train, epochs=1, verbose=0)
+    result = transfer.check_codes(transfer.cut_backbone(model), target, examples=64)
+    assert result.passed and result.figures["spread"] > 1e-3
+    assert result.figures["examples"] == 64
+
+
+@pytest.mark.parametrize("mode", ["features", "finetune"])
+def test_finetune_recipe_refuses_dead_codes_before_training(tmp_path, mode):
+    from recipes import finetune
+    config = dict(backbone="MobileNetV2", weights="none", mode=mode, classes=TARGET[:3],
+                  labels_per_class=10, epochs_head=1, epochs_finetune=1, verbose=0,
+                  output_dir=str(tmp_path / "run"))
+    with pytest.raises(ValueError, match="do not vary across images"):
+        finetune.run(config)
+    assert not os.path.exists(tmp_path / "run" / "history.csv")

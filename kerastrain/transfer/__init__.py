@@ -21,7 +21,7 @@ from kerastrain.transfer.backbones import (PreprocessInput,
                                            WeightsNotAvailableError,
                                            available_names, backbone,
                                            cut_backbone)
-from kerastrain.transfer.codes import LinearProbe, extract_features
+from kerastrain.transfer.codes import LinearProbe, check_codes, extract_features
 from kerastrain.transfer.finetune import (ScaledSchedule, build_classifier,
                                           discriminative_optimizer,
                                           find_head_learning_rate, fine_tune)
@@ -29,7 +29,7 @@ from kerastrain.transfer.unfreezing import (GradualUnfreezing, block_names,
                                             freeze_backbone, unfreeze)
 
 __all__ = ["backbone", "cut_backbone", "available_names", "PreprocessInput",
-           "WeightsNotAvailableError", "extract_features", "LinearProbe",
+           "WeightsNotAvailableError", "extract_features", "LinearProbe", "check_codes",
            "build_classifier", "freeze_backbone", "unfreeze", "block_names",
            "GradualUnfreezing", "discriminative_optimizer", "ScaledSchedule",
            "find_head_learning_rate", "fine_tune"]

@@ -163,3 +163,69 @@ class LinearProbe:
     def _check_fitted(self):
         if self.model is None:
             raise ValueError("The LinearProbe is not fitted yet; call fit() first")
+
+
+def check_codes(backbone, data, *, examples=256, min_spread=1e-6, raise_error=True):
+    """Checks that the backbone's CNN codes differ between images.
+
+    A linear head learns only from how the codes vary across images. A
+    randomly initialised deep backbone in inference mode (BatchNorm with
+    its initial moving statistics) can shrink every code to about zero:
+    `keras.applications.MobileNetV2(weights=None)` gives codes whose spread
+    across images is ~1e-13, and a head trained on them stays at chance
+    (loss ln C) without any error. This measures the spread before any
+    training: the standard deviation of each code across `examples` images
+    (in inference mode, as `extract_features` and the frozen-backbone phase
+    run it), averaged over the code's features, like
+    `kerastrain.sanity.activation_stats` does per layer.
+
+    Args:
+        backbone: a model mapping images to feature vectors.
+        data: `(images, labels)` arrays, a batched `tf.data.Dataset`, or the
+            result of `kerastrain.data.load()` (its training split is used).
+        examples: how many leading images to encode. Defaults to `256`.
+        min_spread: smallest accepted mean standard deviation across images.
+            Defaults to `1e-6`.
+        raise_error: raise a `ValueError` with the advice when the codes are
+            dead; `False` returns the failed result instead. Defaults to
+            `True`.
+
+    Returns:
+        A `kerastrain.sanity.CheckResult` named `"cnn_codes"` whose figures
+        hold `spread`, `max_spread` (the most varying feature),
+        `dead_fraction` (features constant across the images), `features`
+        and `examples`.
+
+    Example:
+
+    >>> check_codes(kerastrain.transfer.backbone("MobileNetV2", (96, 96, 3),
+    ...                                          "imagenet"), data).passed
+    True
+    """
+    from kerastrain.sanity.core import CheckResult, _take
+    _checks.check_int("examples", examples, minimum=2)
+    _checks.check_real("min_spread", min_spread, 0, low_open=True)
+    x, _ = _take(data, examples)
+    codes = np.asarray(backbone.predict_on_batch(x), dtype=np.float64)
+    codes = codes.reshape(len(codes), -1)
+    std = codes.std(axis=0)
+    figures = {"spread": float(std.mean()), "max_spread": float(std.max()),
+               "dead_fraction": float(np.mean(std == 0)), "features": int(codes.shape[1]),
+               "examples": int(len(codes))}
+    passed = bool(np.isfinite(figures["spread"]) and figures["spread"] >= min_spread)
+    if passed:
+        advice = (f"CNN codes vary across images (mean std {figures['spread']:.3g} "
+                  f">= {min_spread:g}).")
+    else:
+        advice = (
+            f"The backbone's CNN codes do not vary across images (mean std "
+            f"{figures['spread']:.3g} < {min_spread:g} over {figures['features']} "
+            "features): a head trained on them stays at chance (loss ln C). Use "
+            "pretrained weights (--weights=imagenet, or a .keras backbone trained "
+            "on images, e.g. by recipes.train --save_backbone), or train every "
+            "layer with BatchNorm in training mode (--mode=finetune with all "
+            "layers trainable), or train from scratch (recipes.train).")
+    result = CheckResult("cnn_codes", passed, figures, advice)
+    if not passed and raise_error:
+        raise ValueError(advice)
+    return result
