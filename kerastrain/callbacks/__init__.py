@@ -3,3 +3,4 @@
 from kerastrain.callbacks.lr_logger import LearningRateLogger
 from kerastrain.callbacks.snapshot import SnapshotEnsemble
 from kerastrain.callbacks.swa import StochasticWeightAveraging
+from kerastrain.callbacks.unfreezing import GradualUnfreezing
