@@ -6,7 +6,7 @@
     train = kt.augment.Augmentation.from_policy("standard", seed=0).apply(data.train)
 
 Every technique lives in its own module, re-exported here: `augment`, `averaging`,
-`callbacks`, `data`, `distribute`, `ensemble`, `export`, `layers`,
+`callbacks`, `data`, `distribute`, `ensemble`, `evaluation`, `export`, `layers`,
 `lr_finder`, `models`, `optimizers`, `plots`, `regularizers`, `sanity`,
 `schedules`, `search`, `toy_problems`, `transfer`.
 
@@ -22,6 +22,7 @@ from kerastrain import callbacks
 from kerastrain import data
 from kerastrain import distribute
 from kerastrain import ensemble
+from kerastrain import evaluation
 from kerastrain import export
 from kerastrain import layers
 from kerastrain import lr_finder

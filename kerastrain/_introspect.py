@@ -1,6 +1,6 @@
 """What a Keras model takes and emits, read from its graph (private).
 
-Shared by `ensemble` and `export`. A model that wraps others (`Ensemble`)
+Shared by `ensemble`, `evaluation` and `export`. A model that wraps others (`Ensemble`)
 answers through two class attributes instead of being imported here, so
 that this module depends on Keras alone: `_introspect_probabilities = True`
 (it emits probabilities) and `_introspect_input_model` (the model whose

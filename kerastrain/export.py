@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kerastrain import _checks, _introspect
+from kerastrain import _checks, _introspect, evaluation
 
 CLASS_NAMES_FILE = "class_names.txt"
 # Written into every export's assets/: how a directory is recognised as a
@@ -296,7 +296,7 @@ def _verify(model, target, class_names, outputs, image_size, probe_images):
                            f"names {served_names} differ from {class_names}.")
     x = tf.image.resize(tf.convert_to_tensor(probe_images), image_size)
     y = keras.ops.convert_to_numpy(model(x, training=False)).astype(np.float32)
-    expected = y if outputs == "probabilities" else _softmax(y)
+    expected = evaluation.probabilities(y, from_logits=outputs == "logits")
     got = serve(probe_images)["probabilities"]
     # The bytes signature, on lossless PNGs of the same images, must agree.
     encoded = [tf.io.encode_png(image).numpy() for image in np.asarray(probe_images)]
@@ -332,11 +332,6 @@ def _replace(source, path):
         shutil.rmtree(backup)
     else:
         os.remove(backup)
-
-
-def _softmax(y):
-    e = np.exp(y - y.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 def _check_class_names(class_names, model):

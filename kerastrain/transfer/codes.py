@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kerastrain import _checks
+from kerastrain import _checks, evaluation
 
 
 def extract_features(backbone, dataset, verbose=1):
@@ -125,12 +125,11 @@ class LinearProbe:
         return keras.ops.convert_to_numpy(keras.ops.softmax(logits, axis=-1))
 
     def evaluate(self, features, labels):
-        """`{"accuracy": ..., "loss": ...}`, loss = mean cross-entropy (no L2)."""
+        """`{"accuracy": ..., "loss": ...}` of `kt.evaluation.scores` (the loss is
+        the mean cross-entropy, without the L2 penalty)."""
         features, labels = self._check_data(features, labels)
-        probs = self.predict_proba(features)
-        picked = np.maximum(probs[np.arange(len(labels)), labels], 1e-12)
-        return {"accuracy": float(np.mean(probs.argmax(axis=1) == labels)),
-                "loss": float(-np.mean(np.log(picked)))}
+        result = evaluation.scores(self.predict_proba(features), labels)
+        return {"accuracy": result["accuracy"], "loss": result["loss"]}
 
     def to_model(self, backbone, name="probe_classifier"):
         """One model: raw images -> backbone (inference mode) -> logits."""
