@@ -1,368 +1,41 @@
-"""Wiring shared by the recipe scripts: flags, schedules, callbacks, outputs.
+"""Training wiring shared by the recipes: flag values -> library calls.
 
-Every recipe writes the same run directory (the output contract):
-`config.json` (all flags), `history.csv`, `metrics.json`, PNG plots and,
-with `--export_dir`, a SavedModel. The techniques themselves live in the
-`kerastrain` package; this module only turns flag values into library calls.
+The techniques live in the `kerastrain` package; this module only turns a
+recipe's config (see `recipes.flags`) into data, a schedule, an optimizer,
+the callbacks of the averaging, logging and resume flags, and the choice of
+the model a run evaluates and exports. The run directory is
+`recipes.run_dir`'s.
 
-absl flags are global to a process, so the flags recipes share are defined
-here, once, however many recipes are imported: a recipe calls the
-`define_*_flags` of the groups it uses, which become its key flags (its
-`--help` and its config), and defines only the flags that are its own, under
-names no other recipe uses.
+Recipes import this module (and with it TensorFlow) inside `run`, once absl
+has parsed their flags.
 """
 
-import json
 import math
 import os
-import sys
 
 import keras
-import numpy as np
-from absl import app
-from absl import flags
-from absl import logging
 
 import kerastrain as kt
 from kerastrain import _io
 from kerastrain import callbacks as kt_callbacks
-from kerastrain import distribute, ensemble, export, transfer
+from recipes import run_dir
+from recipes.flags import CYCLIC_SCHEDULES, json_dict_flag
 
-FLAGS = flags.FLAGS
-
-SCHEDULES = ("constant", "step", "exponential", "inverse_time", "cosine",
-             "cyclical", "warm_restarts", "one_cycle")
-CYCLIC_SCHEDULES = ("cyclical", "warm_restarts")
-REGULARIZERS = ("none", "l2", "l1", "elastic_net")
-_GROUPS = {}  # flag group -> names of its flags, once defined
 # Epoch-counted default schedule arguments and their step-counted forms: an
 # override of either form in --schedule_args replaces the default.
 _SAME_QUANTITY = {"boundaries_epochs": "boundaries", "k_per_epoch": "k",
                   "decay_epochs": "decay_steps", "step_size_epochs": "step_size",
                   "first_cycle_epochs": "first_cycle_steps",
                   "total_epochs": "total_steps"}
-
-
-def define_data_flags(default_data="cifar10_mini"):
-    """Defines the data flags shared by every recipe; `--seed` too."""
-    _share("data", lambda: _define_data_flags(default_data))
-
-
-def define_model_flags():
-    """Defines `--width` and `--blocks` of `kerastrain.models.small_cnn`."""
-    _share("model", _define_model_flags)
-
-
-def define_optimizer_flags():
-    """Defines `--optimizer` and `--learning_rate`."""
-    _share("optimizer", _define_optimizer_flags)
-
-
-def define_output_flags():
-    """Defines `--output_dir` (default: `runs/RECIPE`, see `complete_config`)."""
-    _share("output", _define_output_flags)
-
-
-def define_training_flags():
-    """Defines the optimizer, schedule, regularization, averaging, scale and
-    output flags shared by the training recipes. The number of epochs is each
-    recipe's own flag."""
-    _share("optimizer", _define_optimizer_flags)
-    _share("output", _define_output_flags)
-    _share("training", _define_training_flags)
-
-
-def _share(group, define):
-    """Defines the flags of `group` once per process and makes them key flags
-    of the recipe calling `define_*_flags`: listed by its `--help` and part of
-    its config (`flag_config`)."""
-    recipe = sys._getframe(2).f_globals["__name__"]
-    if recipe == "__main__":
-        recipe = sys.argv[0]  # absl's name for the main module
-    if group not in _GROUPS:
-        before = set(FLAGS)
-        define()
-        _GROUPS[group] = sorted(set(FLAGS) - before)
-    for name in _GROUPS[group]:
-        FLAGS.register_key_flag_for_module(recipe, FLAGS[name])
-
-
-def _define_data_flags(default_data):
-    flags.DEFINE_string(
-        "data", default_data,
-        "Data spec: cifar10_mini (embedded), folder:PATH or tfds:NAME.")
-    flags.DEFINE_list("classes", None,
-                      "Comma list of class names to keep, in label order.")
-    flags.DEFINE_integer("labels_per_class", None,
-                         "Keep this many training images per class (few-shot).")
-    flags.DEFINE_integer("image_size", None,
-                         "Resize images to this square size (default: as stored).")
-    flags.DEFINE_integer("batch_size", 64, "Global batch size.")
-    flags.DEFINE_float("validation_fraction", 0.1,
-                       "Fraction of the training images held out for validation.")
-    flags.DEFINE_integer("seed", 0, "Random seed for data order, init and augmentation.")
-
-
-def _define_model_flags():
-    flags.DEFINE_integer("width", 32, "Filters of the first convolution block.")
-    flags.DEFINE_integer("blocks", 3, "Convolution blocks (width doubles each block).")
-
-
-def _define_optimizer_flags():
-    flags.DEFINE_string("optimizer", "adam",
-                        "sgd, momentum, nesterov, adagrad, rmsprop, adam, adamw, "
-                        "or any Keras optimizer name.")
-    flags.DEFINE(_LearningRateParser(), "learning_rate", 1e-3,
-                 "Base (peak) learning rate of the schedule; recipes.finetune "
-                 "also takes auto (the LR range test on the new head).")
-
-
-class _LearningRateParser(flags.FloatParser):
-    """A positive float, or `auto`."""
-
-    def __init__(self):
-        super().__init__(lower_bound=0.0)
-
-    def parse(self, argument):
-        if isinstance(argument, str) and argument.strip().lower() == "auto":
-            return "auto"
-        value = super().parse(argument)
-        if not 0 < value < math.inf:
-            raise ValueError(f"expected a number > 0 or auto, received {argument!r}")
-        return value
-
-    def flag_type(self):
-        return "float or auto"
-
-
-def _define_output_flags():
-    flags.DEFINE_string("output_dir", None, "Run directory (default: runs/RECIPE).")
-
-
-def _define_training_flags():
-    flags.DEFINE_float("weight_decay", None,
-                       "Decoupled weight decay of the optimizer (e.g. adamw).")
-    flags.DEFINE_enum("schedule", "constant", SCHEDULES,
-                      "Learning-rate schedule; its arguments derive from "
-                      "--learning_rate and the epochs unless --schedule_args sets them.")
-    flags.DEFINE_string("schedule_args", None,
-                        'JSON dict of schedule arguments, e.g. \'{"factor": 0.5}\'; '
-                        "epoch forms (drop_every_epochs, ...) are accepted.")
-    flags.DEFINE_float("warmup_epochs", 0.0, "Linear warm-up epochs before the schedule.")
-    flags.DEFINE_string("augment", "standard",
-                        "Augmentation policy: none, light, standard or heavy.")
-    flags.DEFINE_float("dropout", 0.0, "InvertedDropout rate before the classifier.")
-    flags.DEFINE_enum("regularizer", "none", REGULARIZERS,
-                      "Weight penalty on every kernel.")
-    flags.DEFINE_float("regularization", 1e-4, "Strength of --regularizer.")
-    flags.DEFINE_float("l1_ratio", 0.5, "L1 share of the elastic net penalty.")
-    flags.DEFINE_integer("swa_start", None,
-                         "Average the weights from this 0-based epoch on (SWA); the "
-                         "averaged model is evaluated and exported.")
-    flags.DEFINE_float("swa_lr", None, "Constant learning rate while averaging "
-                       "(default: the schedule goes on).")
-    flags.DEFINE_integer("snapshots", 0,
-                         "Snapshot ensemble of this many cycles (needs --schedule="
-                         "warm_restarts or cyclical); the ensemble is exported.")
-    flags.DEFINE_bool("ema", False, "Keep an exponential moving average of the "
-                      "trainable weights (Keras use_ema), validate on it and end "
-                      "training with it.")
-    flags.DEFINE_float("ema_momentum", 0.99, "EMA momentum.")
-    flags.DEFINE_enum("strategy", "default", list(distribute.STRATEGIES),
-                      "tf.distribute strategy.")
-    flags.DEFINE_string("tpu", None, "TPU name or address for --strategy=tpu "
-                        "('local' on a TPU VM).")
-    flags.DEFINE_string("export_dir", None, "Write the SavedModel here; it replaces "
-                        "only a previous kerastrain export.")
-    flags.DEFINE_bool("overwrite_export", False, "Let --export_dir replace whatever "
-                      "is at that path (a file, a directory that is no export).")
-    flags.DEFINE_integer("verbose", 2, "Keras fit verbosity (0, 1 or 2).")
-
-
-# -- configs ------------------------------------------------------------------
-
-
-def flag_config(module="__main__"):
-    """The parsed values of the flags of the recipe `module` (its key flags).
-
-    Args:
-        module: name of the recipe module whose flags to include. Defaults to
-            `"__main__"` (the recipe being run).
-
-    Returns:
-        A JSON-able dict `{flag name: value}`.
-    """
-    return {f.name: f.value for f in _recipe_flags(module)}
-
-
-def default_config(module):
-    """The flag defaults of the recipe `module`, as a config dict."""
-    return {f.name: f.default for f in _recipe_flags(module)}
-
-
-def complete_config(config, module):
-    """`config` completed with the flag defaults of the recipe `module`.
-
-    Lets callers such as a random search pass only the settings they change.
-
-    Raises:
-        ValueError: for a key that is no flag of the recipe.
-    """
-    defaults = default_config(module)
-    unknown = sorted(set(config) - set(defaults))
-    if unknown:
-        raise ValueError(f"Unknown settings {unknown}; the recipe's flags are "
-                         f"{sorted(defaults)}")
-    config = {**defaults, **config}
-    if config.get("output_dir") is None:
-        config["output_dir"] = os.path.join("runs", _recipe_name(module))
-    return config
-
-
-def _recipe_flags(module):
-    """The flags `module` defines plus the shared groups it asked for."""
-    return sorted(FLAGS.get_key_flags_for_module(module), key=lambda f: f.name)
-
-
-def _recipe_name(module):
-    if module == "__main__":  # `python -m recipes.train`: name it after its file
-        module = os.path.splitext(os.path.basename(sys.argv[0]))[0]
-    return module.rsplit(".", 1)[-1]
-
-
-def check_config(config, epochs, auto_learning_rate=False):
-    """Checks the flags that only make sense together, before any work.
-
-    Args:
-        config: a completed config.
-        epochs: the number of epochs the recipe trains.
-        auto_learning_rate: whether the recipe takes `--learning_rate=auto`.
-            Defaults to `False`.
-    """
-    rate = config.get("learning_rate")
-    if rate == "auto" and not auto_learning_rate:
-        raise ValueError("--learning_rate=auto is for recipes.finetune (the LR range "
-                         "test on its head); pass a number, or find one with "
-                         "kerastrain.lr_finder")
-    if rate is not None and rate != "auto" and (
-            isinstance(rate, bool) or not isinstance(rate, (int, float))
-            or not 0 < rate < math.inf):
-        raise ValueError("Invalid value for --learning_rate: expected a number > 0"
-                         f"{' or auto' if auto_learning_rate else ''}, received {rate!r}")
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"Invalid value for --epochs: expected an int >= 1, "
-                         f"received epochs={epochs!r}")
-    if config["augment"] not in kt.augment.POLICIES:
-        raise ValueError(f"Invalid value for --augment: expected one of "
-                         f"{list(kt.augment.POLICIES)}, received {config['augment']!r}")
-    if config.get("swa_start") is not None and not 0 <= config["swa_start"] < epochs:
-        raise ValueError(f"Invalid value for --swa_start: expected 0 <= swa_start < "
-                         f"epochs={epochs}, received swa_start={config['swa_start']}")
-    if config.get("swa_lr") is not None and config.get("swa_start") is None:
-        raise ValueError("--swa_lr sets the learning rate while averaging; pass "
-                         "--swa_start too (the epoch averaging starts)")
-    snapshots = config.get("snapshots") or 0
-    if snapshots < 0 or snapshots == 1:
-        raise ValueError(f"Invalid value for --snapshots: expected 0 (none) or at "
-                         f"least 2 snapshots, received snapshots={snapshots}")
-    if snapshots and config["schedule"] not in CYCLIC_SCHEDULES:
-        raise ValueError(f"--snapshots={snapshots} needs a schedule with cycles: pass "
-                         f"--schedule=warm_restarts or --schedule=cyclical (received "
-                         f"--schedule={config['schedule']})")
-    if config["regularizer"] not in REGULARIZERS:
-        raise ValueError(f"Invalid value for --regularizer: expected one of "
-                         f"{REGULARIZERS}, received {config['regularizer']!r}")
-    if config["strategy"] != "tpu" and config.get("tpu"):
-        raise ValueError("--tpu names the TPU of --strategy=tpu; received "
-                         f"--strategy={config['strategy']}")
-    if config.get("export_dir") and os.path.abspath(config["export_dir"]) == \
-            os.path.abspath(config["output_dir"]):
-        raise ValueError("--export_dir must differ from --output_dir: the export "
-                         "replaces its directory")
-    check_export_dir(config)
-
-
-def check_export_dir(config):
-    """Refuses an `--export_dir` that holds anything but a kerastrain export
-    (unless `--overwrite_export`), before any training."""
-    path = config.get("export_dir")
-    if (not path or config.get("overwrite_export") or not os.path.lexists(path)
-            or export.is_export(path)):
-        return
-    what = "a directory" if os.path.isdir(path) else "a file"
-    raise ValueError(f"--export_dir={path!r} is {what} that is not a kerastrain export; "
-                     "the export would delete it. Choose another --export_dir, or "
-                     "pass --overwrite_export to replace it.")
+# The exported model of --export=best without validation data, in order of
+# preference: what the run was set up to make.
+_DEFAULT_EXPORTS = ("ensemble", "swa", "ema", "final")
 
 
 def strategy(config):
     """The `tf.distribute` strategy of `--strategy` (create it first thing)."""
     tpu = config.get("tpu") if config["strategy"] == "tpu" else None
-    return distribute.get_strategy(config["strategy"], tpu=tpu)
-
-
-def prepare_output_dir(config, resumes=True):
-    """Creates the run directory and writes `config.json`; returns its path.
-
-    Workers other than the chief of a multi-worker cluster write to
-    `output_dir/workers/worker_N`. A run directory holding the backup of an
-    interrupted run resumes it, so it must have been started with the same
-    flags. A recipe that does not resume (`resumes=False`) says so, with a
-    warning, when the directory holds an interrupted run (a `config.json`
-    without `metrics.json`): it starts afresh and replaces it.
-    """
-    output_dir = config["output_dir"]
-    if not distribute.is_chief():
-        task = json.loads(os.environ["TF_CONFIG"])["task"]
-        output_dir = os.path.join(output_dir, "workers",
-                                  f"{task['type']}_{task.get('index', 0)}")
-    config_path = os.path.join(output_dir, "config.json")
-    _check_run_directory(output_dir, config_path)
-    if not resumes:
-        if os.path.exists(config_path) and \
-                not os.path.exists(os.path.join(output_dir, "metrics.json")):
-            logging.warning(
-                "%r holds an interrupted run, and this recipe does not resume "
-                "interrupted runs (recipes.train does): this run starts again from "
-                "the first epoch and replaces it.", output_dir)
-    elif os.path.isdir(os.path.join(output_dir, "backup")) and os.path.exists(config_path):
-        with open(config_path) as f:
-            previous = json.load(f)
-        changed = sorted(k for k in set(previous) | set(config)
-                         if previous.get(k) != config.get(k))
-        if changed:
-            raise ValueError(
-                f"{output_dir!r} holds an interrupted run with other flags "
-                f"({changed}), which this run would resume; pass the same flags "
-                f"to resume it, or delete {os.path.join(output_dir, 'backup')!r} "
-                "to start afresh.")
-    os.makedirs(output_dir, exist_ok=True)
-    write_json(config_path, config)
-    return output_dir
-
-
-def _check_run_directory(output_dir, config_path):
-    """Refuses a file, or a non-empty directory that no recipe wrote (no
-    `config.json` of a recipe): a run writes, replaces and deletes files in
-    its directory (`backup/`, `snapshots/`, `history.csv`, ...)."""
-    if not os.path.lexists(output_dir):
-        return
-    if not os.path.isdir(output_dir):
-        raise ValueError(f"--output_dir={output_dir!r} is a file; pass a directory "
-                         "(new, empty, or the run directory of an earlier run).")
-    if not os.listdir(output_dir):
-        return
-    try:
-        with open(config_path) as f:
-            previous = json.load(f)
-    except (OSError, ValueError):
-        previous = None
-    if not isinstance(previous, dict) or "output_dir" not in previous:
-        raise ValueError(
-            f"--output_dir={output_dir!r} is a non-empty directory that is not a "
-            "kerastrain run directory (it has no config.json written by a recipe); "
-            "a run would write and delete files there. Pass a new or empty "
-            "directory, or the run directory of an earlier run.")
+    return kt.distribute.get_strategy(config["strategy"], tpu=tpu)
 
 
 def load_data(config):
@@ -442,40 +115,81 @@ def regularizer(config):
 # -- training -----------------------------------------------------------------
 
 
-def training_callbacks(config, data, schedule, steps_per_epoch, epochs, output_dir):
-    """Callbacks for the averaging, logging and resume flags of a config.
+class TrainingCallbacks:
+    """The callbacks of a config's averaging, logging and resume flags.
 
-    Order matters: the snapshots see the raw weights at epoch ends and
-    `BackupAndRestore` backs them up before `SwapEMAWeights` swaps the EMA in
-    (SWA reads the EMA from the optimizer: with `--ema` it averages the EMA).
-
-    Returns:
-        `(callbacks, swa, snapshot_dir)`: `swa` is the
-        `StochasticWeightAveraging` callback or `None`, `snapshot_dir` the
-        snapshot directory or `None`.
+    Attributes:
+        logging: for every phase of training: `run_dir.CreateOnTrainBegin`
+            (the run directory appears when training starts),
+            `LearningRateLogger` (the rate applied at each step),
+            `TerminateOnNaN` and `CSVLogger` (`history.csv`, appended to
+            phase after phase).
+        averaging: `StochasticWeightAveraging` and `SnapshotEnsemble`, as the
+            flags ask; for the phase that averages.
+        resume: `BackupAndRestore`, for a recipe that resumes interrupted
+            runs; else empty.
+        swa: the `StochasticWeightAveraging` callback, or `None`.
+        snapshot_dir: the snapshot directory, or `None`.
     """
-    callbacks = [kt_callbacks.LearningRateLogger(), keras.callbacks.TerminateOnNaN()]
-    swa = snapshot_dir = None
+
+    def __init__(self, logging, averaging, resume, swa, snapshot_dir, ema):
+        self.logging, self.averaging, self.resume = logging, averaging, resume
+        self.swa, self.snapshot_dir, self._ema = swa, snapshot_dir, ema
+
+    def for_fit(self):
+        """All of them in the order one `fit` needs: the snapshots see the raw
+        weights at epoch ends and `BackupAndRestore` backs them up before
+        `SwapEMAWeights` swaps the EMA in (SWA reads the EMA from the
+        optimizer: with `--ema` it averages the EMA)."""
+        logger, rest = self.logging[:-1], self.logging[-1:]
+        swap = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if self._ema else []
+        return logger + self.averaging + self.resume + swap + rest
+
+
+def training_callbacks(config, data, schedule, steps_per_epoch, epochs, output_dir, *,
+                       first_epoch=0, resumes=True):
+    """The `TrainingCallbacks` of a config.
+
+    Args:
+        config: a completed config.
+        data: the `DataSplits` (SWA recomputes BatchNorm statistics on
+            `data.train`).
+        schedule: the learning-rate schedule of the averaging phase (snapshots
+            are taken at its cycle ends).
+        steps_per_epoch: optimizer steps per epoch.
+        epochs: the epochs of the averaging phase.
+        output_dir: the run directory.
+        first_epoch: the index of the averaging phase's first epoch
+            (`--swa_start` counts from it). Defaults to `0`.
+        resumes: whether the recipe resumes an interrupted run from a Keras
+            backup in `output_dir/backup` (and SWA from its state file).
+            Defaults to `True`.
+    """
+    history = os.path.join(output_dir, "history.csv")
+    if not (resumes and _io.isdir(os.path.join(output_dir, run_dir.BACKUP))):
+        _io.remove(history)  # a new run: its phases append to a new file
+    logging = [run_dir.CreateOnTrainBegin(config), keras.callbacks.TerminateOnNaN(),
+               keras.callbacks.CSVLogger(history, append=True)]
+    if config.get("block_lr_decay") is None:  # MultiOptimizer has no single rate
+        logging.insert(1, kt_callbacks.LearningRateLogger())
+    averaging, swa, snapshot_dir = [], None, None
     if config.get("swa_start") is not None:
+        state = os.path.join(output_dir, "swa_state.npz") if resumes else None
         swa = kt_callbacks.StochasticWeightAveraging(
-            start_epoch=config["swa_start"], swa_learning_rate=config.get("swa_lr"),
-            bn_update_data=data.train,
-            state_path=os.path.join(output_dir, "swa_state.npz"))
-        callbacks.append(swa)
+            start_epoch=first_epoch + config["swa_start"],
+            swa_learning_rate=config.get("swa_lr"), bn_update_data=data.train,
+            state_path=state)
+        averaging.append(swa)
     if config.get("snapshots"):
         snapshot_dir = os.path.join(output_dir, "snapshots")
-        callbacks.append(snapshot_callback(config, schedule, epochs * steps_per_epoch,
+        averaging.append(snapshot_callback(config, schedule, epochs * steps_per_epoch,
                                            snapshot_dir, f"{epochs} epochs"))
-    backup_dir = os.path.join(output_dir, "backup")
-    resuming = os.path.isdir(backup_dir)
     # An interrupted run resumes from the backup when started again; Keras
     # deletes the backup once training completes.
-    callbacks.append(keras.callbacks.BackupAndRestore(backup_dir))
-    if config.get("ema"):
-        callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
-    callbacks.append(keras.callbacks.CSVLogger(
-        os.path.join(output_dir, "history.csv"), append=resuming))
-    return callbacks, swa, snapshot_dir
+    resume = ([keras.callbacks.BackupAndRestore(os.path.join(output_dir, run_dir.BACKUP))]
+              if resumes else [])
+    return TrainingCallbacks(logging, averaging, resume, swa, snapshot_dir,
+                             ema=bool(config.get("ema")))
 
 
 def snapshot_callback(config, schedule, total_steps, snapshot_dir, budget):
@@ -510,155 +224,96 @@ def check_finite(history):
             "was exported.")
 
 
-def evaluate(model, data, swa=None, snapshot_dir=None, ema=False):
-    """Test metrics of the exported model and of every other model of the run.
+# -- the exported model -------------------------------------------------------
+
+
+def evaluate(model, data, callbacks, ema=False, export="best"):
+    """Evaluates every model the run made and picks the one to export.
+
+    The candidates are the trained model (`"final"`, or `"ema"` with
+    `use_ema`, which leaves the moving average in the model), the SWA average
+    (`"swa"`) and the snapshot ensemble (`"ensemble"`), as the run has them.
+    `export` names one, or with `"best"` the candidate with the highest
+    validation accuracy is exported (ties: the lower validation loss); without
+    validation data `"best"` takes the ensemble, else SWA, else the trained
+    model, and says so. The choice and its reason are printed.
 
     Every figure says which model it is about. `exported_model` names the
-    model that is exported: `"ensemble"` (the snapshot ensemble) with
-    snapshots, else `"swa"` (the averaged weights) with SWA, else `"ema"`
-    (Keras' moving average, which `use_ema` leaves in the model) or
-    `"final"` (the weights at the end of training). `test_accuracy`,
-    `test_loss` and `validation_accuracy` are always the exported model's.
-    `MODEL_test_accuracy` is the test accuracy of each model the run has:
-    `final_` or `ema_` (the trained weights before SWA averaging), `swa_`,
-    `ensemble_` and `last_snapshot_`, and `snapshot_test_accuracies` lists
-    every snapshot's. `test_loss` is the mean cross-entropy (without weight
-    penalties, so that models and ensembles compare).
+    exported one; `test_accuracy`, `test_loss` (the mean cross-entropy,
+    without weight penalties, so that models and ensembles compare) and
+    `validation_accuracy` are its figures. `MODEL_test_accuracy` and
+    `MODEL_validation_accuracy` are every candidate's; with snapshots,
+    `last_snapshot_test_accuracy` and `snapshot_test_accuracies` (every
+    snapshot's) too.
 
     Args:
-        model: the trained model (outputs logits), holding its final weights:
-            the SWA average with `swa`, the EMA with `ema`.
+        model: the trained model (logits), holding its final weights: the SWA
+            average with SWA, the EMA with `ema`. With `"final"` or `"ema"`
+            chosen over SWA, it gets the trained weights back.
         data: the `DataSplits`.
-        swa: the `StochasticWeightAveraging` callback, or `None`.
-        snapshot_dir: the `SnapshotEnsemble` directory, or `None`.
+        callbacks: the run's `TrainingCallbacks`.
         ema: whether the model was trained with `use_ema`. Defaults to `False`.
+        export: `--export`. Defaults to `"best"`.
 
     Returns:
         `(exported, metrics)`: the model to export and the metrics of the
         output contract.
     """
     trained = "ema" if ema else "final"
-    accuracy, loss = _accuracy_and_loss(model, data.test)
-    accuracies = {}
-    exported, exported_name, exported_loss = model, trained, loss
+    splits = {"test": data.test, "validation": data.validation}
+    scores = {}
+
+    def score(name, candidate):
+        scores[name] = {split: kt.evaluation.evaluate(candidate, dataset)
+                        for split, dataset in splits.items() if dataset is not None}
+
+    swa = callbacks.swa
     if swa is not None and swa.final_weights is not None:
-        accuracies["swa"] = accuracy
-        exported_name = "swa"
+        score("swa", model)
         with swa.swap_in_final_weights():
-            accuracies[trained] = _accuracy_and_loss(model, data.test)[0]
+            score(trained, model)
     else:
-        accuracies[trained] = accuracy
-    members = None
-    if snapshot_dir is not None:
-        exported, exported_name = ensemble.Ensemble.from_directory(snapshot_dir), "ensemble"
-        members = exported.evaluate_members(data.test)["members"]
-        accuracies["ensemble"], exported_loss = _accuracy_and_loss(exported, data.test)
-        accuracies["last_snapshot"] = members[-1]
-    metrics = {"exported_model": exported_name,
-               "test_accuracy": accuracies[exported_name], "test_loss": exported_loss}
+        score(trained, model)
+    ensemble = members = None
+    if callbacks.snapshot_dir is not None:
+        ensemble = kt.ensemble.Ensemble.from_directory(callbacks.snapshot_dir)
+        score("ensemble", ensemble)
+        members = ensemble.evaluate_members(data.test)["members"]
+    chosen, reason = _choose(export, scores)
+    _io.say(reason)
+    if chosen == trained and "swa" in scores:
+        model.set_weights(swa.final_weights)
+    metrics = {"exported_model": chosen, "export": export,
+               "test_accuracy": scores[chosen]["test"]["accuracy"],
+               "test_loss": scores[chosen]["test"]["loss"]}
     if data.validation is not None:
-        metrics["validation_accuracy"] = _accuracy_and_loss(exported, data.validation)[0]
-    metrics.update({f"{name}_test_accuracy": value for name, value in accuracies.items()})
+        metrics["validation_accuracy"] = scores[chosen]["validation"]["accuracy"]
+    for split in splits:
+        metrics.update({f"{name}_{split}_accuracy": result[split]["accuracy"]
+                        for name, result in scores.items() if split in result})
     if members is not None:
+        metrics["last_snapshot_test_accuracy"] = members[-1]
         metrics["snapshot_test_accuracies"] = members
-    return exported, metrics
+    return (ensemble if chosen == "ensemble" else model), metrics
 
 
-def _accuracy_and_loss(model, dataset):
-    """Top-1 accuracy and mean cross-entropy of `model` on `(x, y)` batches."""
-    outputs = model.predict(dataset.map(lambda x, y: x), verbose=0).astype(np.float64)
-    labels = np.concatenate([y for _, y in dataset.as_numpy_iterator()]).reshape(-1)
-    if not isinstance(model, ensemble.Ensemble):  # logits
-        outputs = np.exp(outputs - outputs.max(-1, keepdims=True))
-        outputs /= outputs.sum(-1, keepdims=True)
-    accuracy = float(np.mean(outputs.argmax(-1) == labels))
-    picked = outputs[np.arange(len(labels)), labels]
-    return accuracy, float(-np.mean(np.log(np.maximum(picked, 1e-12))))
-
-
-# -- outputs ------------------------------------------------------------------
-
-
-def write_outputs(output_dir, history, schedule, total_steps, metrics, callbacks=()):
-    """Writes `metrics.json`, the training curves and the learning-rate plot:
-    the rates a `LearningRateLogger` among `callbacks` recorded at every step
-    (what the optimizer applied, `--swa_lr` included), else `schedule`."""
-    write_json(os.path.join(output_dir, "metrics.json"), metrics)
-    kt.plots.training_curves(history.history,
-                             os.path.join(output_dir, "training_curves.png"))
-    logged = [c for c in callbacks if isinstance(c, kt_callbacks.LearningRateLogger)]
-    if logged and logged[0].steps:
-        schedule = {"learning rate applied": logged[0].rate_at}
-        total_steps = logged[0].steps[-1] + 1
-    kt.plots.plot_schedule(schedule, total_steps,
-                           os.path.join(output_dir, "learning_rate.png"))
-
-
-def export_model(model, config, class_names):
-    """Exports `model` to `--export_dir` (chief only); returns the path or None."""
-    if not config.get("export_dir") or not distribute.is_chief():
-        return None
-    return export.export_saved_model(model, config["export_dir"], class_names,
-                                     overwrite=True,
-                                     force=bool(config.get("overwrite_export")))
-
-
-def save_backbone(model, path):
-    """Saves the feature extractor of `model` (no classifier) as `.keras`."""
-    return save_keras(transfer.cut_backbone(model), path)
-
-
-# Every run-directory file goes through the library's atomic writer.
-write_json = _io.write_json
-
-
-def save_keras(model, path):
-    """Saves a `.keras` file atomically (temporary file, then rename)."""
-    if not str(path).endswith(".keras"):
-        raise ValueError(f"Invalid path {path!r}: expected a file name ending in .keras")
-    return _io.atomic_write(path, model.save)
-
-
-def run_or_explain(run, config):
-    """Runs `run(config)`; a bad flag or input exits with its message, no traceback."""
-    try:
-        return run(config)
-    except (ValueError, OSError, RuntimeError) as error:
-        raise SystemExit(f"error: {error}") from None
-
-
-def json_dict_flag(config, name):
-    """Parses the JSON dict of flag `--name` (empty: `{}`), or says what is wrong."""
-    text = config.get(name) or "{}"
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        value = error
-    if not isinstance(value, dict):
-        detail = f" ({value})" if isinstance(value, json.JSONDecodeError) else ""
-        raise ValueError(f"Invalid value for --{name}: expected a JSON dict, "
-                         f"received {text!r}{detail}")
-    return value
-
-
-def recipe_main(run, module):
-    """The absl `main` of a recipe: flags -> `run(config)` -> printed metrics."""
-    def main(argv):
-        if not FLAGS["verbosity"].present:
-            logging.set_verbosity(logging.WARNING)  # TensorFlow's INFO lines are noise here
-        if len(argv) > 1:
-            raise app.UsageError(f"Unexpected arguments {argv[1:]}; flags take the "
-                                 "form --name=value.")
-        print_metrics(run_or_explain(run, flag_config(module)))
-    return main
-
-
-def print_metrics(metrics):
-    """Prints the metrics as a short aligned table."""
-    print()
-    for key, value in metrics.items():
-        if isinstance(value, float):
-            value = f"{value:.4f}"
-        elif isinstance(value, list):
-            value = ", ".join(f"{v:.4f}" for v in value)
-        print(f"{key:>30}  {value}")
+def _choose(export, scores):
+    """`(name, reason)` of the model `--export` asks for among `scores`."""
+    if export != "best":
+        if export not in scores:
+            raise ValueError(f"--export={export}: this run made only "
+                             f"{sorted(scores)}; pass one of those")
+        return export, f"Exporting the {export} model (--export={export})."
+    if len(scores) == 1:
+        (name,) = scores
+        return name, f"Exporting the {name} model, the only one this run made."
+    if "validation" not in next(iter(scores.values())):
+        name = next(n for n in _DEFAULT_EXPORTS if n in scores)
+        return name, (f"Exporting the {name} model: with no validation data "
+                      "(--validation_fraction=0) --export=best cannot compare "
+                      f"{', '.join(scores)}; pass --export=NAME to choose.")
+    name = max(scores, key=lambda n: (scores[n]["validation"]["accuracy"],
+                                      -scores[n]["validation"]["loss"]))
+    figures = ", ".join(f"{n} {s['validation']['accuracy']:.4f}" for n, s in scores.items())
+    return name, (f"Exporting the {name} model, the best on validation data "
+                  f"(validation accuracy: {figures}).")

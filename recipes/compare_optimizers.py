@@ -32,15 +32,12 @@ problem and optimizer) and `config.json`. It takes about 10 seconds on a CPU.
 
 import os
 
-import numpy as np
 from absl import app
 from absl import flags
 
-import kerastrain as kt
-from kerastrain import _checks, _io
-from recipes import common
+from recipes import flags as recipe_flags
 
-common.define_output_flags()
+recipe_flags.define(__name__, "output")
 flags.DEFINE_list("problems", ["quadratic", "saddle", "rosenbrock"],
                   "Test functions of kerastrain.toy_problems.")
 flags.DEFINE_list("optimizers", ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam"],
@@ -67,7 +64,7 @@ LEARNING_RATES = {
 
 def learning_rates(config):
     """The learning rate of every (problem, optimizer) pair of a config."""
-    overrides = common.json_dict_flag(config, "learning_rates")
+    overrides = recipe_flags.json_dict_flag(config, "learning_rates")
     rates = {}
     for problem in config["problems"]:
         per_problem = overrides.get(problem, {})
@@ -95,7 +92,13 @@ def run(config):
     Missing settings take their flag defaults; the default `output_dir` is
     `runs/compare_optimizers`.
     """
-    config = common.complete_config(config, __name__)
+    # Imported once the flags are parsed, so that --help answers at once.
+    import numpy as np
+
+    import kerastrain as kt
+    from kerastrain import _io
+
+    config = recipe_flags.complete_config(config, __name__)
     _check(config)
     _io.makedirs(config["output_dir"])
     _io.write_json(os.path.join(config["output_dir"], "config.json"), config)
@@ -146,20 +149,25 @@ def markdown_table(results, config):
 
 
 def _problem(name, config):
+    import kerastrain as kt
+
     if name == "quadratic":
         return kt.toy_problems.get(name, condition_number=config["condition_number"])
     return kt.toy_problems.get(name)
 
 
 def _check(config):
+    from kerastrain import _checks
+
     _checks.check_int("--steps", config["steps"], minimum=1)
     _checks.check_real("--tolerance", config["tolerance"], low=0, low_open=True)
 
 
 def main(argv):
-    del argv
-    config = common.complete_config(common.flag_config(__name__), __name__)
-    results, _ = common.run_or_explain(run, config)
+    recipe_flags.check_no_arguments(argv)
+    recipe_flags.quiet_tensorflow()
+    config = recipe_flags.complete_config(recipe_flags.flag_config(__name__), __name__)
+    results, _ = recipe_flags.run_or_explain(run, config)
     print(markdown_table(results, config))
     print(f"Wrote {os.path.join(config['output_dir'], 'trajectories.png')}")
 

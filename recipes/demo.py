@@ -21,7 +21,6 @@ Each step is a recipe run with its own run directory under `--demo_dir`;
 `report.md` lists the equivalent command lines.
 """
 
-import json
 import os
 import shutil
 import tempfile
@@ -29,14 +28,11 @@ import time
 
 from absl import app
 from absl import flags
-from absl import logging
 
-import kerastrain as kt
-from recipes import common
 from recipes import finetune
+from recipes import flags as recipe_flags
 from recipes import train
 
-FLAGS = flags.FLAGS
 flags.DEFINE_string("demo_dir", "runs/transfer_demo", "Where the runs and report.md go.")
 flags.DEFINE_string("demo_export_dir", "saved_models/transfer_demo",
                     "Where the best model's SavedModel is copied.")
@@ -60,8 +56,19 @@ RUNS = [
 ]
 
 
-def run(directory, export_dir, seed=0, epochs_scale=1.0):
-    """Runs the demo; returns `{method: metrics}` (source run included)."""
+def run(config):
+    """Runs the demo as `config` (this recipe's flag values) says.
+
+    Returns:
+        `(results, best)`: `{method: metrics}` (the source run included) and
+        the name of the method whose model is exported.
+    """
+    # Imported once the flags are parsed, so that --help answers at once.
+    import kerastrain as kt
+
+    config = recipe_flags.complete_config(config, __name__)
+    directory, export_dir = config["demo_dir"], config["demo_export_dir"]
+    seed, epochs_scale = config["demo_seed"], config["demo_epochs_scale"]
     if os.path.lexists(export_dir) and not kt.export.is_export(export_dir):
         raise ValueError(f"--demo_export_dir={export_dir!r} is not a kerastrain export, "
                          "which the demo would replace; choose another path.")
@@ -75,17 +82,18 @@ def run(directory, export_dir, seed=0, epochs_scale=1.0):
     results["source (pretraining)"] = train.run(source)
     commands["source (pretraining)"] = _command(train, source)
     for name, recipe, settings in RUNS:
-        config = dict(settings, seed=seed, output_dir=os.path.join(directory, _slug(name)),
-                      export_dir=os.path.join(directory, _slug(name), "saved_model"))
+        run_config = dict(settings, seed=seed,
+                          output_dir=os.path.join(directory, _slug(name)),
+                          export_dir=os.path.join(directory, _slug(name), "saved_model"))
         for key in ("epochs", "epochs_head", "epochs_finetune", "probe_epochs"):
-            if key in config:
-                config[key] = scale(config[key])
+            if key in run_config:
+                run_config[key] = scale(run_config[key])
         if recipe is finetune:
-            config["weights"] = backbone
+            run_config["weights"] = backbone
         print(f"{name} ...", flush=True)
-        results[name] = recipe.run(config)
+        results[name] = recipe.run(run_config)
         print(f"  test accuracy {results[name]['test_accuracy']:.3f}", flush=True)
-        commands[name] = _command(recipe, config)
+        commands[name] = _command(recipe, run_config)
     seconds = time.time() - start
     best = max((name for name, _, _ in RUNS), key=lambda n: results[n]["test_accuracy"])
     _copy_tree(os.path.join(directory, _slug(best), "saved_model"), export_dir)
@@ -126,11 +134,11 @@ def _write_report(directory, results, commands, best, export_dir, seconds):
                   if os.path.exists(os.path.join(directory, slug, "confusion_matrix.png"))
                   else "", ""]
     lines += ["## Commands", "", "```"] + [commands[n] for n in results] + ["```", ""]
+    from kerastrain import _io
+
     path = os.path.join(directory, "report.md")
-    with open(path, "w") as f:
-        f.write("\n".join(lines))
-    with open(os.path.join(directory, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    _io.write_text(path, "\n".join(lines))
+    _io.write_json(os.path.join(directory, "results.json"), results)
     return path
 
 
@@ -161,18 +169,15 @@ def _copy_tree(source, destination):
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def main(argv):
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments {argv[1:]}")
-    results, best = common.run_or_explain(
-        lambda _: run(FLAGS.demo_dir, FLAGS.demo_export_dir, FLAGS.demo_seed,
-                      FLAGS.demo_epochs_scale), None)
+def _print_results(outcome):
+    results, best = outcome
     print()
     print(_table(results))
-    print(f"\nbest: {best}; SavedModel in {FLAGS.demo_export_dir}; report in "
-          f"{os.path.join(FLAGS.demo_dir, 'report.md')}")
+    print(f"\nbest: {best}; SavedModel in {flags.FLAGS.demo_export_dir}; report in "
+          f"{os.path.join(flags.FLAGS.demo_dir, 'report.md')}")
+
+
+main = recipe_flags.main(run, __name__, report=_print_results)
 
 
 if __name__ == "__main__":

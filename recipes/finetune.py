@@ -55,21 +55,16 @@ missing ones take their defaults.
 """
 
 import csv
+import io
 import os
 import time
 
-import keras
-import numpy as np
 from absl import app
 from absl import flags
 
-import kerastrain as kt
-from kerastrain import callbacks as kt_callbacks
-from recipes import common
+from recipes import flags as recipe_flags
 
-FLAGS = flags.FLAGS
-common.define_data_flags()
-common.define_training_flags()
+recipe_flags.define(__name__, "data", "training")
 flags.DEFINE_string("backbone", "MobileNetV3Small",
                     "keras.applications model name (any case); ignored when "
                     "--weights is a .keras file, which holds its architecture.")
@@ -115,7 +110,14 @@ def run(config):
     Returns:
         The metrics dict written to `metrics.json`.
     """
-    config = common.complete_config(config, __name__)
+    # Imported once the flags are parsed, so that --help answers at once.
+    import keras
+
+    import kerastrain as kt
+    from recipes import common
+    from recipes import run_dir
+
+    config = recipe_flags.complete_config(config, __name__)
     _check_config(config)
     strategy = common.strategy(config)
     keras.utils.set_random_seed(config["seed"])
@@ -123,8 +125,8 @@ def run(config):
     steps_per_epoch = -(-data.num_train // config["batch_size"])
     epochs = _phase_epochs(config, steps_per_epoch)
     if config["mode"] == "finetune":
-        common.check_config(config, max(epochs[1], 1), auto_learning_rate=True)
-    output_dir = common.prepare_output_dir(config, resumes=False)
+        recipe_flags.check_config(config, max(epochs[1], 1), auto_learning_rate=True)
+    output_dir = run_dir.check(config, resumes=False)
     weights, name = config["weights"], config["backbone"]
     if str(weights).endswith(".keras"):
         name = None  # the file holds the architecture
@@ -132,14 +134,14 @@ def run(config):
         backbone = kt.transfer.backbone(name, data.image_shape, weights)
     kt.transfer.check_codes(backbone, data.train)  # dead codes train to chance
     if config["mode"] == "features":
-        final_model, metrics, history, schedule, steps = _features(
+        exported, metrics, history, schedule, steps, logged = _features(
             config, data, backbone, output_dir)
     else:
-        final_model, metrics, history, schedule, steps = _finetune(
+        exported, metrics, history, schedule, steps, logged = _finetune(
             config, data, backbone, strategy, output_dir, steps_per_epoch, *epochs)
-    common.write_outputs(output_dir, history, schedule, steps, metrics)
-    _confusion_matrix(final_model, data, os.path.join(output_dir, "confusion_matrix.png"))
-    common.export_model(final_model, config, data.class_names)
+    run_dir.write_outputs(output_dir, history, schedule, steps, metrics, logged)
+    _confusion_matrix(exported, data, os.path.join(output_dir, "confusion_matrix.png"))
+    run_dir.export_model(exported, config, data.class_names)
     return metrics
 
 
@@ -174,7 +176,7 @@ def _check_config(config):
             raise ValueError(f"--regularizer={config['regularizer']} applies to "
                              "--mode=finetune; --mode=features penalizes its linear "
                              "classifier with --probe_l2")
-        common.check_config(config, 1, auto_learning_rate=True)
+        recipe_flags.check_config(config, 1, auto_learning_rate=True)
         return
     if not (_trains(config, "head") or _trains(config, "finetune")):
         raise ValueError("Nothing to train: pass --epochs_head, --epochs_finetune, "
@@ -194,18 +196,22 @@ def _check_config(config):
 
 
 def _features(config, data, backbone, output_dir):
+    import kerastrain as kt
+    from recipes import run_dir
+
     start = time.time()
     verbose = 1 if config["verbose"] == 1 else 0
     codes = {split: kt.transfer.extract_features(backbone, getattr(data, split), verbose)
              for split in ("train", "validation", "test")
              if getattr(data, split) is not None}
+    run_dir.create(config)
     probe = kt.transfer.LinearProbe(
         data.num_classes, l2=config["probe_l2"], epochs=config["probe_epochs"],
         seed=config["seed"]).fit(*codes["train"], validation=codes.get("validation"))
     train_seconds = time.time() - start
     test = probe.evaluate(*codes["test"])
-    metrics = {"exported_model": "final", "test_accuracy": test["accuracy"],
-               "test_loss": test["loss"]}
+    metrics = {"exported_model": "final", "export": config["export"],
+               "test_accuracy": test["accuracy"], "test_loss": test["loss"]}
     if "validation" in codes:
         metrics["validation_accuracy"] = probe.evaluate(*codes["validation"])["accuracy"]
     metrics.update(final_test_accuracy=test["accuracy"], epochs=config["probe_epochs"],
@@ -213,11 +219,14 @@ def _features(config, data, backbone, output_dir):
     history = probe.history
     _write_history(os.path.join(output_dir, "history.csv"), history.history)
     steps = config["probe_epochs"] * -(-data.num_train // probe.batch_size)
-    return probe.to_model(backbone), metrics, history, probe.learning_rate, steps
+    return probe.to_model(backbone), metrics, history, probe.learning_rate, steps, ()
 
 
 def _finetune(config, data, backbone, strategy, output_dir, steps_per_epoch,
               head_epochs, epochs):
+    import kerastrain as kt
+    from recipes import common
+
     with strategy.scope():
         model = kt.transfer.build_classifier(
             backbone, data.num_classes, dropout=config["dropout"], seed=config["seed"],
@@ -230,20 +239,15 @@ def _finetune(config, data, backbone, strategy, output_dir, steps_per_epoch,
         optimizer["weight_decay"] = config["weight_decay"]
     augmentation = kt.augment.Augmentation.from_policy(config["augment"],
                                                        seed=config["seed"])
-    head_lr = _head_learning_rate(config, model, data, optimizer, augmentation,
-                                  output_dir)
+    head_lr, range_test = _head_learning_rate(config, model, data, optimizer,
+                                              augmentation)
     schedule = kt.schedules.get(common.schedule_config(
         config, steps_per_epoch, max(epochs, 1),
         learning_rate=head_lr * config["finetune_lr_factor"]))
-    history_path = os.path.join(output_dir, "history.csv")
-    if os.path.exists(history_path):
-        os.remove(history_path)
-    both = [keras.callbacks.TerminateOnNaN(),
-            keras.callbacks.CSVLogger(history_path, append=True)]
-    if config["block_lr_decay"] is None:  # MultiOptimizer has no single rate
-        both.insert(0, kt_callbacks.LearningRateLogger())
-    swa, snapshot_dir, phase_two = _averaging_callbacks(
-        config, data, schedule, steps_per_epoch, head_epochs, epochs, output_dir)
+    # Phase 2's SWA and snapshots count epochs on from phase 1.
+    callbacks = common.training_callbacks(
+        config, data, schedule, steps_per_epoch, epochs, output_dir,
+        first_epoch=head_epochs, resumes=False)
     start = time.time()
     head, tuned = kt.transfer.fine_tune(
         model, data, head_epochs=head_epochs, finetune_epochs=epochs,
@@ -251,54 +255,43 @@ def _finetune(config, data, backbone, strategy, output_dir, steps_per_epoch,
         gradual=config["gradual"], head_lr=head_lr,
         finetune_lr=schedule, block_lr_decay=config["block_lr_decay"],
         optimizer=optimizer, ema_momentum=config["ema_momentum"] if config["ema"] else None,
-        augmentation=augmentation, callbacks=both, finetune_callbacks=phase_two,
-        verbose=config["verbose"])
+        augmentation=augmentation, callbacks=callbacks.logging,
+        finetune_callbacks=callbacks.averaging, verbose=config["verbose"])
     train_seconds = time.time() - start
     history = _merge(head, tuned)
+    if range_test is not None:
+        range_test.plot(os.path.join(output_dir, "lr_finder.png"))
     common.check_finite(history)
-    final_model, metrics = common.evaluate(model, data, swa, snapshot_dir,
-                                           ema=config["ema"])
+    exported, metrics = common.evaluate(model, data, callbacks, ema=config["ema"],
+                                        export=config["export"])
     if head is not None and "val_accuracy" in head.history:
         metrics["head_validation_accuracy"] = head.history["val_accuracy"][-1]
     metrics.update(epochs=head_epochs + epochs, head_epochs=head_epochs,
                    finetune_epochs=epochs, head_learning_rate=head_lr,
                    train_seconds=round(train_seconds, 1))
-    return final_model, metrics, history, schedule, max(epochs, 1) * steps_per_epoch
+    return (exported, metrics, history, schedule, max(epochs, 1) * steps_per_epoch,
+            callbacks.logging)
 
 
-def _head_learning_rate(config, model, data, optimizer, augmentation, output_dir):
-    """`--learning_rate`, or with `auto` the LR range test's suggestion for the
-    head (plotted to `lr_finder.png`)."""
+def _head_learning_rate(config, model, data, optimizer, augmentation):
+    """`(rate, None)` with `--learning_rate`; with `auto`, the LR range test's
+    suggestion for the head and the test (its plot goes to `lr_finder.png`)."""
+    import kerastrain as kt
+
     if config["learning_rate"] != "auto":
-        return float(config["learning_rate"])
+        return float(config["learning_rate"]), None
     result = kt.transfer.find_head_learning_rate(model, data, optimizer, augmentation)
-    result.plot(os.path.join(output_dir, "lr_finder.png"))
     if result.suggestion is None:
         raise RuntimeError(f"The LR range test on the head stopped after "
                            f"{len(result.losses)} steps ({result.stop_reason}) without "
                            "a suggestion; pass --learning_rate=NUMBER")
-    return result.suggestion
-
-
-def _averaging_callbacks(config, data, schedule, steps_per_epoch, head_epochs, epochs,
-                         output_dir):
-    """SWA and snapshot callbacks of phase 2 (epochs count on from phase 1)."""
-    callbacks, swa, snapshot_dir = [], None, None
-    if config["swa_start"] is not None:
-        swa = kt_callbacks.StochasticWeightAveraging(
-            start_epoch=head_epochs + config["swa_start"],
-            swa_learning_rate=config["swa_lr"], bn_update_data=data.train)
-        callbacks.append(swa)
-    if config["snapshots"]:
-        snapshot_dir = os.path.join(output_dir, "snapshots")
-        callbacks.append(common.snapshot_callback(
-            config, schedule, epochs * steps_per_epoch, snapshot_dir,
-            f"{epochs} phase-2 epochs"))
-    return swa, snapshot_dir, callbacks
+    return result.suggestion, result
 
 
 def _merge(*histories):
     """One `History` of the phases, epoch after epoch."""
+    import keras
+
     merged = keras.callbacks.History()
     for history in filter(None, histories):
         for key, values in history.history.items():
@@ -307,21 +300,26 @@ def _merge(*histories):
 
 
 def _write_history(path, history):
+    from kerastrain import _io
+
+    text = io.StringIO()
     keys = sorted(history)
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["epoch"] + keys)
-        for epoch in range(len(history[keys[0]])):
-            writer.writerow([epoch] + [history[key][epoch] for key in keys])
+    writer = csv.writer(text)
+    writer.writerow(["epoch"] + keys)
+    for epoch in range(len(history[keys[0]])):
+        writer.writerow([epoch] + [history[key][epoch] for key in keys])
+    _io.write_text(path, text.getvalue())
 
 
 def _confusion_matrix(model, data, path):
-    predictions = np.argmax(model.predict(data.test.map(lambda x, y: x), verbose=0), -1)
-    labels = np.concatenate([y for _, y in data.test.as_numpy_iterator()])
-    return kt.plots.confusion_matrix(labels, predictions, data.class_names, path)
+    import kerastrain as kt
+
+    probabilities, labels = kt.evaluation.predict_probabilities(model, data.test)
+    return kt.plots.confusion_matrix(labels, probabilities.argmax(-1), data.class_names,
+                                     path)
 
 
-main = common.recipe_main(run, __name__)
+main = recipe_flags.main(run, __name__)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import os
 from absl import app
 from absl import flags
 
-from recipes import common
+from recipes import flags as recipe_flags
 from recipes import train
 
 FLAGS = flags.FLAGS
@@ -49,18 +49,17 @@ DEFAULT_SPACE = {
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments {argv[1:]}; flags take the "
-                             "form --name=value.")
-    from kerastrain import search
+    recipe_flags.check_no_arguments(argv)
+    recipe_flags.quiet_tensorflow()
+    from kerastrain import search  # once the flags are parsed: fast --help
 
-    base_config = common.flag_config(train.__name__)
+    base_config = recipe_flags.flag_config(train.__name__)
     output_dir = base_config.pop("output_dir") or os.path.join("runs", "random_search")
     shared = [f"--{name}" for name in ("export_dir", "save_backbone") if base_config[name]]
     if shared:
         raise SystemExit(f"error: {shared} would be overwritten by every trial; rerun "
                          "recipes.train with the best trial's config.json to export it.")
-    trials = common.run_or_explain(
+    trials = recipe_flags.run_or_explain(
         lambda space: search.random_search(
             train.run, space, FLAGS.trials, output_dir, base_config=base_config,
             objective=FLAGS.objective, seed=FLAGS.seed),

@@ -20,15 +20,11 @@ import os
 from absl import app
 from absl import flags
 
-from recipes import common
+from recipes import flags as recipe_flags
 
-FLAGS = flags.FLAGS
 # --learning_rate is the rate judged (and the overfit check trains with);
 # --width and --blocks shape the model when it is small_cnn.
-common.define_data_flags()
-common.define_model_flags()
-common.define_optimizer_flags()
-common.define_output_flags()
+recipe_flags.define(__name__, "data", "model", "optimizer", "output")
 flags.DEFINE_string("model", "small_cnn",
                     "Name of a model function of kerastrain.models.")
 flags.DEFINE_integer("overfit_steps", 300,
@@ -44,11 +40,14 @@ def run(config):
         config: dict of flag values of this recipe (see `--help`); missing
             ones take their defaults.
     """
-    from kerastrain import sanity
+    # Imported once the flags are parsed, so that --help answers at once.
+    from kerastrain import _io, sanity
+    from recipes import common
 
-    config = common.complete_config(config, __name__)
-    common.write_json(os.path.join(config["output_dir"], "config.json"), config)
+    config = recipe_flags.complete_config(config, __name__)
     data = common.load_data(config)
+    _io.makedirs(config["output_dir"])
+    _io.write_json(os.path.join(config["output_dir"], "config.json"), config)
     build_model = sanity.compiled_builder(
         config["model"], data.num_classes, optimizer=config["optimizer"],
         input_shape=data.image_shape, width=config["width"],
@@ -61,9 +60,10 @@ def run(config):
 
 
 def main(argv):
-    del argv
-    config = common.complete_config(common.flag_config(__name__), __name__)
-    results = common.run_or_explain(run, config)
+    recipe_flags.check_no_arguments(argv)
+    recipe_flags.quiet_tensorflow()
+    config = recipe_flags.complete_config(recipe_flags.flag_config(__name__), __name__)
+    results = recipe_flags.run_or_explain(run, config)
     passed = sum(result.passed for result in results)
     print(f"\n{passed} of {len(results)} checks passed; report in "
           f"{os.path.join(config['output_dir'], 'sanity.md')}")

@@ -15,14 +15,16 @@ the run directory of the recipe contract (`config.json`, `history.csv`,
     python -m recipes.train --save_backbone=runs/source/backbone.keras \\
         --classes=airplane,automobile,bird,cat,deer
 
-`metrics.json` says which model is exported in `exported_model`: `ensemble`
-(the snapshot ensemble) with `--snapshots`, else `swa` (the averaged
-weights) with `--swa_start`, else `ema` (the moving average, which Keras'
-`use_ema` leaves in the model) with `--ema`, else `final` (the weights at the
-end of training). `test_accuracy`, `test_loss` (mean cross-entropy) and
-`validation_accuracy` are that model's. Every other figure names its model:
-`final_test_accuracy` (or `ema_test_accuracy` with `--ema`: the trained
-weights before SWA averaging), `swa_test_accuracy`, `ensemble_test_accuracy`,
+The run evaluates every model it made: the trained weights (`final`, or
+`ema` with `--ema`: Keras' `use_ema` leaves the moving average in the
+model), the SWA average (`swa`, with `--swa_start`) and the snapshot
+ensemble (`ensemble`, with `--snapshots`). `--export=best` (the default)
+exports the one with the highest validation accuracy and says which;
+`--export=NAME` picks one. `metrics.json` names it in `exported_model`, and
+`test_accuracy`, `test_loss` (mean cross-entropy) and `validation_accuracy`
+are its figures. Every other figure names its model:
+`final_test_accuracy` (or `ema_test_accuracy`), `swa_test_accuracy`,
+`ensemble_test_accuracy`, the same for `_validation_accuracy`,
 `last_snapshot_test_accuracy` and `snapshot_test_accuracies`, as the run
 has them; plus `epochs` and `train_seconds`. Other code calls
 `run(config)` with a dict of flag values; missing ones take their defaults.
@@ -30,17 +32,12 @@ has them; plus `epochs` and `train_seconds`. Other code calls
 
 import time
 
-import keras
 from absl import app
 from absl import flags
 
-import kerastrain as kt
-from recipes import common
+from recipes import flags as recipe_flags
 
-FLAGS = flags.FLAGS
-common.define_data_flags()
-common.define_model_flags()
-common.define_training_flags()
+recipe_flags.define(__name__, "data", "model", "training")
 flags.DEFINE_integer("epochs", 10, "Training epochs.")
 flags.DEFINE_string("save_backbone", None,
                     "Write the trained feature extractor (model without its "
@@ -57,10 +54,17 @@ def run(config):
     Returns:
         The metrics dict written to `metrics.json`.
     """
-    config = common.complete_config(config, __name__)
-    common.check_config(config, config["epochs"])
+    # Imported once the flags are parsed, so that --help answers at once.
+    import keras
+
+    import kerastrain as kt
+    from recipes import common
+    from recipes import run_dir
+
+    config = recipe_flags.complete_config(config, __name__)
+    recipe_flags.check_config(config, config["epochs"])
     strategy = common.strategy(config)
-    output_dir = common.prepare_output_dir(config)
+    output_dir = run_dir.check(config)
     keras.utils.set_random_seed(config["seed"])
     data = common.load_data(config)
     steps_per_epoch = -(-data.num_train // config["batch_size"])
@@ -75,28 +79,29 @@ def run(config):
         model.compile(optimizer=common.optimizer(config, schedule),
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                       metrics=["accuracy"])
-    callbacks, swa, snapshot_dir = common.training_callbacks(
-        config, data, schedule, steps_per_epoch, config["epochs"], output_dir)
     augmentation = kt.augment.Augmentation.from_policy(config["augment"],
                                                        seed=config["seed"])
+    callbacks = common.training_callbacks(
+        config, data, schedule, steps_per_epoch, config["epochs"], output_dir)
     start = time.time()
     # shuffle=False: the dataset reshuffles itself every epoch.
     history = model.fit(augmentation.apply(data.train), validation_data=data.validation,
-                        epochs=config["epochs"], callbacks=callbacks, shuffle=False,
-                        verbose=config["verbose"])
+                        epochs=config["epochs"], callbacks=callbacks.for_fit(),
+                        shuffle=False, verbose=config["verbose"])
     train_seconds = time.time() - start
     common.check_finite(history)
-    final_model, metrics = common.evaluate(model, data, swa, snapshot_dir,
-                                           ema=config["ema"])
+    exported, metrics = common.evaluate(model, data, callbacks, ema=config["ema"],
+                                        export=config["export"])
     metrics.update(epochs=config["epochs"], train_seconds=round(train_seconds, 1))
-    common.write_outputs(output_dir, history, schedule, total_steps, metrics, callbacks)
+    run_dir.write_outputs(output_dir, history, schedule, total_steps, metrics,
+                          callbacks.logging)
     if config["save_backbone"]:
-        common.save_backbone(model, config["save_backbone"])
-    common.export_model(final_model, config, data.class_names)
+        run_dir.save_backbone(model, config["save_backbone"])
+    run_dir.export_model(exported, config, data.class_names)
     return metrics
 
 
-main = common.recipe_main(run, __name__)
+main = recipe_flags.main(run, __name__)
 
 
 if __name__ == "__main__":

@@ -139,8 +139,9 @@ def test_invalid_arguments():
 
 def test_recipe_imports_beside_the_training_recipes(tmp_path, monkeypatch):
     # absl flags are process-global: --output_dir is the shared flag of
-    # recipes.common, so both recipes import into one process.
-    from recipes import common, compare_optimizers, train  # noqa: F401
+    # recipes.flags, so both recipes import into one process.
+    from recipes import compare_optimizers, train  # noqa: F401
+    from recipes import flags as recipe_flags
     monkeypatch.chdir(tmp_path)
     results, paths = compare_optimizers.run(
         {"problems": ["saddle"], "optimizers": ["adam"], "steps": 50})
@@ -150,7 +151,7 @@ def test_recipe_imports_beside_the_training_recipes(tmp_path, monkeypatch):
     config = json.loads((run_dir / "config.json").read_text())
     assert config["output_dir"] == os.path.join("runs", "compare_optimizers")
     assert config["tolerance"] == 1e-3  # a flag default
-    assert common.complete_config({}, "recipes.train")["output_dir"] == \
+    assert recipe_flags.complete_config({}, "recipes.train")["output_dir"] == \
         os.path.join("runs", "train")
 
 

@@ -17,6 +17,7 @@ from absl.testing import flagsaver
 from kerastrain import data as kt_data
 from kerastrain.export import load_serving
 from recipes import common
+from recipes import flags as recipe_flags
 from recipes import finetune
 from recipes import train
 
@@ -71,7 +72,7 @@ def test_finetune_run_follows_output_contract_and_exports(tmp_path, backbone_fil
     assert {"config.json", "history.csv", "metrics.json", "training_curves.png",
             "learning_rate.png", "confusion_matrix.png"} <= set(os.listdir(run_dir))
     with open(os.path.join(run_dir, "config.json")) as f:
-        assert json.load(f) == common.complete_config(config, "recipes.finetune")
+        assert json.load(f) == recipe_flags.complete_config(config, "recipes.finetune")
     with open(os.path.join(run_dir, "history.csv")) as f:
         rows = list(csv.DictReader(f))
     # Both phases in one history; phase 2 at --finetune_lr_factor (0.3) of the rate.
@@ -83,14 +84,17 @@ def test_finetune_run_follows_output_contract_and_exports(tmp_path, backbone_fil
     with open(os.path.join(run_dir, "metrics.json")) as f:
         assert json.load(f) == pytest.approx(metrics)
     assert set(metrics) == {
-        "exported_model", "test_accuracy", "test_loss", "validation_accuracy",
-        "swa_test_accuracy", "final_test_accuracy", "head_validation_accuracy",
+        "exported_model", "export", "test_accuracy", "test_loss", "validation_accuracy",
+        "swa_test_accuracy", "final_test_accuracy", "swa_validation_accuracy",
+        "final_validation_accuracy", "head_validation_accuracy",
         "head_learning_rate", "epochs", "head_epochs", "finetune_epochs",
         "train_seconds"}
-    assert metrics["exported_model"] == "swa"
-    assert metrics["test_accuracy"] == metrics["swa_test_accuracy"]
+    # --export=best: the exported model is the better of the two on validation.
+    best = max(("swa", "final"), key=lambda n: metrics[f"{n}_validation_accuracy"])
+    assert metrics["exported_model"] == best
+    assert metrics["test_accuracy"] == metrics[f"{best}_test_accuracy"]
     assert (metrics["epochs"], metrics["head_epochs"], metrics["finetune_epochs"]) == (5, 3, 2)
-    # The SavedModel serves the evaluated (averaged) model, and any image size.
+    # The SavedModel serves the evaluated (chosen) model, and any image size.
     images, labels = test_split
     assert _served_accuracy(config["export_dir"], images, labels) == pytest.approx(
         metrics["test_accuracy"], abs=1e-6)
@@ -164,13 +168,15 @@ def test_features_mode_fits_a_linear_probe(tmp_path, backbone_file, test_split):
 @pytest.mark.parametrize("regularizer", ["none", "l2", "elastic_net"])
 def test_regularizer_penalizes_the_trained_kernels(tmp_path, backbone_file, monkeypatch,
                                                    regularizer):
-    trained, fine_tune = [], finetune.kt.transfer.fine_tune
+    import kerastrain as kt
+
+    trained, fine_tune = [], kt.transfer.fine_tune
 
     def keep_model(model, *args, **kwargs):
         trained.append(model)
         return fine_tune(model, *args, **kwargs)
 
-    monkeypatch.setattr(finetune.kt.transfer, "fine_tune", keep_model)
+    monkeypatch.setattr(kt.transfer, "fine_tune", keep_model)
     strength, l1_ratio = 1e-2, 0.3
     config = {**_tiny(tmp_path, backbone_file), "epochs_head": 1, "epochs_finetune": 1,
               "regularizer": regularizer, "regularization": strength, "l1_ratio": l1_ratio}
@@ -189,7 +195,7 @@ def test_regularizer_penalizes_the_trained_kernels(tmp_path, backbone_file, monk
     if regularizer != "none":
         assert penalty > 0.05
     # Keras adds the penalty to the loss it trains on; test_loss leaves it out.
-    data = common.load_data(common.complete_config(config, "recipes.finetune"))
+    data = common.load_data(recipe_flags.complete_config(config, "recipes.finetune"))
     keras_loss = model.evaluate(data.test, verbose=0, return_dict=True)["loss"]
     assert keras_loss == pytest.approx(metrics["test_loss"] + penalty, rel=1e-4)
 
@@ -244,11 +250,17 @@ def test_interrupted_run_is_not_resumed_and_says_so(tmp_path, backbone_file,
      "--snapshots cannot be combined"),
     (dict(snapshots=2), "needs a schedule with cycles"),
     (dict(bogus=1), r"Unknown settings \['bogus'\]"),
+    (dict(export="swa"), "--export=swa exports a model this run does not make"),
+    (dict(mode="features", export="ensemble"), "pass --snapshots=N"),
+    # Random-init features are dead (their spread across images ~1e-13).
+    (dict(weights="none", backbone="MobileNetV2", mode="features"), "CNN codes"),
 ])
 def test_bad_settings_exit_with_the_reason(tmp_path, backbone_file, overrides, match):
     config = {**_tiny(tmp_path, backbone_file), **overrides}
     with pytest.raises(SystemExit, match=match):
-        common.run_or_explain(finetune.run, config)
+        recipe_flags.run_or_explain(finetune.run, config)
+    # The run failed before training: it leaves nothing behind.
+    assert not os.path.exists(config["output_dir"])
 
 
 @flagsaver.flagsaver
@@ -257,8 +269,8 @@ def test_flagfile_becomes_the_config(tmp_path):
     flagfile.write_text("--mode=features\n--backbone=EfficientNetB0\n--unfreeze=3\n"
                         "--classes=dog,ship\n")
     FLAGS(["finetune", f"--flagfile={flagfile}", "--weights=none"])
-    config = common.flag_config("recipes.finetune")
-    assert set(config) == set(common.default_config("recipes.finetune"))
+    config = recipe_flags.flag_config("recipes.finetune")
+    assert set(config) == set(recipe_flags.default_config("recipes.finetune"))
     assert (config["mode"], config["backbone"], config["unfreeze"], config["weights"],
             config["classes"]) == ("features", "EfficientNetB0", 3, "none", ["dog", "ship"])
 

@@ -387,15 +387,17 @@ def test_with_use_ema_the_ema_weights_are_averaged(train_ds, swap):
 def test_recipe_with_ema_and_swa_averages_the_ema(arrays, tmp_path):
     """The callbacks of `recipes.train --ema --swa_start=1`, as its README says."""
     from recipes import common, train  # noqa: F401 (train defines its flags)
+    from recipes import flags as recipe_flags
 
-    config = common.complete_config(dict(ema=True, ema_momentum=0.9, swa_start=1,
-                                         epochs=3, learning_rate=0.05), "recipes.train")
+    config = recipe_flags.complete_config(dict(ema=True, ema_momentum=0.9, swa_start=1,
+                                               epochs=3, learning_rate=0.05), "recipes.train")
     ds = tf.data.Dataset.from_tensor_slices((arrays[0][:96], arrays[1][:96])).batch(32)
     model = _cnn(batch_norm=False)
     model.compile(common.optimizer(config, config["learning_rate"]), LOSS)
     data = kt_data.DataSplits(ds, None, ds, CLASSES, (32, 32, 3), 96, 0, 96, 32)
-    callbacks, swa, _ = common.training_callbacks(config, data, config["learning_rate"],
-                                                  3, 3, str(tmp_path))
+    made = common.training_callbacks(config, data, config["learning_rate"], 3, 3,
+                                     str(tmp_path))
+    callbacks, swa = made.for_fit(), made.swa
     ema = {}
     record = keras.callbacks.LambdaCallback(
         on_epoch_end=lambda e, logs: ema.__setitem__(e, _ema_values(model)))

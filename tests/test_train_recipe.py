@@ -11,11 +11,13 @@ from absl import app
 from absl import flags
 from absl.testing import flagsaver
 
+from kerastrain import _io
 from kerastrain import data as kt_data
 from kerastrain import plots
 from kerastrain.ensemble import Ensemble
 from kerastrain.export import load_serving
 from recipes import common
+from recipes import flags as recipe_flags
 from recipes import train
 
 FLAGS = flags.FLAGS
@@ -24,10 +26,12 @@ TINY = dict(classes=CLASSES, labels_per_class=40, batch_size=32, epochs=4, width
             blocks=2, learning_rate=3e-3, verbose=0)
 STEPS_PER_EPOCH = 4  # ceil(3 classes * 40 images / 32)
 # With --ema the trained weights are the moving average: `ema_`, not `final_`.
-CONTRACT_KEYS = {"exported_model", "test_accuracy", "test_loss", "epochs",
+CONTRACT_KEYS = {"exported_model", "export", "test_accuracy", "test_loss", "epochs",
                  "train_seconds", "validation_accuracy", "swa_test_accuracy",
                  "ema_test_accuracy", "ensemble_test_accuracy",
-                 "last_snapshot_test_accuracy", "snapshot_test_accuracies"}
+                 "last_snapshot_test_accuracy", "snapshot_test_accuracies",
+                 "swa_validation_accuracy", "ema_validation_accuracy",
+                 "ensemble_validation_accuracy"}
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +39,7 @@ def averaged_run(tmp_path_factory):
     """One run with every averaging flag: SWA, a 2-snapshot ensemble, EMA."""
     root = tmp_path_factory.mktemp("train")
     config = dict(TINY, schedule="warm_restarts", snapshots=2, swa_start=2, ema=True,
-                  ema_momentum=0.9, output_dir=str(root / "run"),
+                  ema_momentum=0.9, export="ensemble", output_dir=str(root / "run"),
                   export_dir=str(root / "export"),
                   save_backbone=str(root / "backbone.keras"))
     return config, train.run(config)
@@ -66,7 +70,7 @@ def test_run_directory_follows_output_contract(averaged_run):
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     # config.json holds every flag, defaults included.
     saved = _read(os.path.join(run_dir, "config.json"))
-    assert saved == common.complete_config(config, "recipes.train")
+    assert saved == recipe_flags.complete_config(config, "recipes.train")
     assert saved["optimizer"] == "adam" and saved["data"] == "cifar10_mini"
 
 
@@ -99,21 +103,27 @@ def test_metrics_hold_every_averaging_variant(averaged_run):
     assert 0 < metrics["test_loss"] < np.log(3) + 0.2
 
 
-@pytest.mark.parametrize("overrides, exported, figures", [
-    ({}, "final", {"final_test_accuracy"}),
-    (dict(ema=True, ema_momentum=0.9), "ema", {"ema_test_accuracy"}),
-    (dict(swa_start=2), "swa", {"swa_test_accuracy", "final_test_accuracy"}),
+@pytest.mark.parametrize("overrides, exported, models", [
+    ({}, "final", {"final"}),
+    (dict(ema=True, ema_momentum=0.9), "ema", {"ema"}),
+    (dict(swa_start=2), "best", {"swa", "final"}),
 ])
-def test_metrics_name_the_exported_model_and_every_other(tmp_path, test_split,
-                                                         overrides, exported, figures):
+def test_metrics_name_the_exported_model_and_every_other(tmp_path, test_split, capsys,
+                                                         overrides, exported, models):
     config = dict(TINY, epochs=3, output_dir=str(tmp_path / "run"),
                   export_dir=str(tmp_path / "export"), **overrides)
     metrics = train.run(config)
-    assert metrics["exported_model"] == exported
-    assert set(metrics) == {"exported_model", "test_accuracy", "test_loss",
+    figures = {f"{name}_{split}_accuracy" for name in models
+               for split in ("test", "validation")}
+    assert set(metrics) == {"exported_model", "export", "test_accuracy", "test_loss",
                             "validation_accuracy", "epochs", "train_seconds"} | figures
+    if exported == "best":  # --export=best: the best on validation data
+        exported = max(models, key=lambda name: metrics[f"{name}_validation_accuracy"])
+        assert "best on validation data" in capsys.readouterr().out
+    assert metrics["exported_model"] == exported and metrics["export"] == "best"
     # test_accuracy is the exported model's figure, which the SavedModel reproduces.
     assert metrics["test_accuracy"] == metrics[f"{exported}_test_accuracy"]
+    assert metrics["validation_accuracy"] == metrics[f"{exported}_validation_accuracy"]
     serve, _ = load_serving(config["export_dir"])
     x, y = test_split
     assert np.mean(serve(x)["class_ids"] == y) == pytest.approx(metrics["test_accuracy"])
@@ -151,14 +161,13 @@ def test_saved_backbone_is_the_feature_extractor(averaged_run, test_split):
 
 
 def test_ema_is_keras_use_ema_swapped_in_after_the_backup(tmp_path):
-    config = common.complete_config(dict(TINY, ema=True, ema_momentum=0.95),
+    config = recipe_flags.complete_config(dict(TINY, ema=True, ema_momentum=0.95),
                                     "recipes.train")
     optimizer = common.optimizer(config, 1e-3)
     assert optimizer.use_ema and optimizer.ema_momentum == 0.95
-    callbacks, swa, snapshot_dir = common.training_callbacks(
-        config, None, 1e-3, STEPS_PER_EPOCH, 4, str(tmp_path))
-    assert swa is None and snapshot_dir is None
-    kinds = [type(c).__name__ for c in callbacks]
+    made = common.training_callbacks(config, None, 1e-3, STEPS_PER_EPOCH, 4, str(tmp_path))
+    assert made.swa is None and made.snapshot_dir is None
+    kinds = [type(c).__name__ for c in made.for_fit()]
     # The backup must hold the raw weights, not the EMA swapped in at epoch end.
     assert kinds.index("BackupAndRestore") < kinds.index("SwapEMAWeights")
 
@@ -174,21 +183,26 @@ def test_ema_is_keras_use_ema_swapped_in_after_the_backup(tmp_path):
     (dict(regularizer="l3"), "Invalid value for --regularizer"),
     (dict(epochs=0), "Invalid value for --epochs: expected an int >= 1"),
     (dict(augment="huge"), "Invalid value for --augment"),
+    (dict(export="swa"), "--export=swa exports a model this run does not make: pass "
+                         "--swa_start"),
+    (dict(export="ensemble"), "pass --snapshots=N"),
+    (dict(export="final", ema=True), "pass --export=ema"),
+    (dict(export="last"), "Invalid value for --export"),
 ])
 def test_bad_settings_exit_before_any_work(tmp_path, overrides, match):
     config = dict(TINY, output_dir=str(tmp_path / "run"), **overrides)
     with pytest.raises(SystemExit, match=match):
-        common.run_or_explain(train.run, config)
+        recipe_flags.run_or_explain(train.run, config)
     assert not os.path.exists(tmp_path / "run")
 
 
 def test_resuming_with_other_flags_is_refused(tmp_path):
     run_dir = tmp_path / "run"
     (run_dir / "backup").mkdir(parents=True)  # left by an interrupted run
-    common.write_json(str(run_dir / "config.json"), common.complete_config(
+    _io.write_json(str(run_dir / "config.json"), recipe_flags.complete_config(
         dict(TINY, output_dir=str(run_dir)), "recipes.train"))
     with pytest.raises(SystemExit, match=r"interrupted run with other flags \(\['epochs'\]\)"):
-        common.run_or_explain(train.run, dict(TINY, epochs=6, output_dir=str(run_dir)))
+        recipe_flags.run_or_explain(train.run, dict(TINY, epochs=6, output_dir=str(run_dir)))
 
 
 @pytest.mark.parametrize("overrides, match", [
@@ -200,15 +214,17 @@ def test_resuming_with_other_flags_is_refused(tmp_path):
 def test_bad_settings_found_while_building_exit_clearly(tmp_path, overrides, match):
     config = dict(TINY, output_dir=str(tmp_path / "run"), **overrides)
     with pytest.raises(SystemExit, match=match):
-        common.run_or_explain(train.run, config)
+        recipe_flags.run_or_explain(train.run, config)
+    # The run failed before training: it leaves no config.json, no backup.
+    assert not os.path.exists(tmp_path / "run")
 
 
 @flagsaver.flagsaver
 def test_command_line_flags_become_the_config(tmp_path):
     FLAGS(["train", "--snapshots=3", "--schedule=cyclical", "--classes=frog,truck",
            f"--output_dir={tmp_path}"])
-    config = common.flag_config("recipes.train")
-    assert set(config) == set(common.default_config("recipes.train"))
+    config = recipe_flags.flag_config("recipes.train")
+    assert set(config) == set(recipe_flags.default_config("recipes.train"))
     assert config["snapshots"] == 3 and config["classes"] == ["frog", "truck"]
     assert {"data", "seed", "epochs", "width", "ema", "export_dir"} <= set(config)
 
@@ -232,10 +248,11 @@ def test_training_curves_rejects_empty_history(tmp_path):
     assert os.path.getsize(path) > 0
 
 
-def test_interrupted_swa_run_resumes_from_its_backup(tmp_path, monkeypatch):
-    """A run that crashes in epoch 3 resumes there: the epochs before the crash
-    are kept, and the SWA average holds the epoch averaged before the crash."""
-    config = dict(TINY, swa_start=2, augment="none")
+def test_interrupted_swa_run_resumes_from_its_backup(tmp_path, monkeypatch, capsys):
+    """A run that crashes in epoch 3 resumes there, and says so: the epochs
+    before the crash are kept, and the SWA average holds the epoch averaged
+    before the crash."""
+    config = dict(TINY, swa_start=2, augment="none", export="swa")
     uninterrupted = train.run(dict(config, output_dir=str(tmp_path / "full")))
     run_dir = tmp_path / "resumed"
     config["output_dir"] = str(run_dir)
@@ -267,8 +284,11 @@ def test_interrupted_swa_run_resumes_from_its_backup(tmp_path, monkeypatch):
         return made[-1]
 
     monkeypatch.setattr(common, "training_callbacks", keep_swa)
+    capsys.readouterr()
     metrics = train.run(config)
-    (_, swa, _), = made
+    assert (f"Resuming the interrupted run in {str(run_dir)!r} from its backup: 3 epochs "
+            "were complete, training goes on with epoch 4.") in capsys.readouterr().out
+    swa, = [callbacks.swa for callbacks in made]
     # Resumed at epoch 3: the history gains one row, not four.
     with open(run_dir / "history.csv") as f:
         rows = list(csv.DictReader(f))

@@ -77,6 +77,23 @@ def get_strategy(name="default", *, devices=None, tpu=None):
     return _tpu_strategy(tpu)
 
 
+def current_task():
+    """This process's task in its cluster, from `TF_CONFIG`.
+
+    Returns:
+        `(type, index)`, e.g. `("worker", 1)`, or `None` without `TF_CONFIG`
+        (or one without a task).
+
+    Raises:
+        ValueError: when `TF_CONFIG` is not a JSON object.
+    """
+    config = _tf_config()
+    task = config.get("task")
+    if not task:
+        return None
+    return str(task.get("type", "worker")), int(task.get("index", 0))
+
+
 def is_chief():
     """Whether this process is the chief of its cluster (or runs alone).
 
@@ -87,14 +104,22 @@ def is_chief():
     Returns:
         `True` without `TF_CONFIG`, or when `TF_CONFIG`'s task is the chief.
     """
-    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
-    task = config.get("task")
-    if not task:
+    task = current_task()
+    if task is None or task[0] == "chief":
         return True
-    if task.get("type") == "chief":
-        return True
-    return (task.get("type") == "worker" and int(task.get("index", 0)) == 0
-            and "chief" not in config.get("cluster", {}))
+    return task == ("worker", 0) and "chief" not in _tf_config().get("cluster", {})
+
+
+def _tf_config():
+    text = os.environ.get("TF_CONFIG") or "{}"
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as error:
+        config = error
+    if not isinstance(config, dict):
+        raise ValueError(f"Invalid TF_CONFIG environment variable: expected a JSON "
+                         f"object with 'cluster' and 'task', received {text!r}")
+    return config
 
 
 def _tpu_strategy(tpu):
