@@ -173,3 +173,20 @@ def test_is_chief(monkeypatch, tf_config, chief):
     else:
         monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
     assert distribute.is_chief() is chief
+
+
+def test_current_task_and_the_worker_run_directory(monkeypatch):
+    from recipes import run_dir
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    assert distribute.current_task() is None
+    assert run_dir.path({"output_dir": "runs/x"}) == "runs/x"
+    monkeypatch.setenv("TF_CONFIG", json.dumps(
+        {"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 1}}))
+    assert distribute.current_task() == ("worker", 1)
+    # Workers other than the chief write beside the chief's run directory.
+    assert run_dir.path({"output_dir": "runs/x"}) == os.path.join("runs/x", "workers",
+                                                                  "worker_1")
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(ValueError, match="Invalid TF_CONFIG environment variable"):
+        distribute.is_chief()

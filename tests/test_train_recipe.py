@@ -311,3 +311,25 @@ def test_interrupted_swa_run_resumes_from_its_backup(tmp_path, monkeypatch, caps
     # the tf.data iterator, so its epoch 3 sees the shuffle order of epoch 0.
     assert abs(metrics["swa_test_accuracy"] - uninterrupted["swa_test_accuracy"]) < 0.1
     assert metrics["swa_test_accuracy"] > 0.45  # chance is 1/3
+
+
+def _scores(**validation):
+    return {name: {"test": {"accuracy": 0.5, "loss": 1.0},
+                   "validation": {"accuracy": accuracy, "loss": loss}}
+            for name, (accuracy, loss) in validation.items()}
+
+
+def test_export_best_is_the_best_on_validation_then_the_lower_loss():
+    choose = common._choose
+    assert choose("best", _scores(final=(0.6, 0.9), swa=(0.7, 1.2)))[0] == "swa"
+    name, reason = choose("best", _scores(final=(0.7, 0.8), swa=(0.7, 0.9),
+                                          ensemble=(0.65, 0.5)))
+    assert name == "final"
+    assert reason == ("Exporting the final model, the best on validation data "
+                      "(validation accuracy: final 0.7000, swa 0.7000, ensemble 0.6500).")
+    assert choose("swa", _scores(final=(0.9, 0.1), swa=(0.1, 2.0)))[0] == "swa"
+    assert choose("best", _scores(ema=(0.1, 2.0)))[0] == "ema"
+    without_validation = {"final": {"test": {}}, "swa": {"test": {}},
+                          "ensemble": {"test": {}}}
+    name, reason = choose("best", without_validation)
+    assert name == "ensemble" and "--validation_fraction=0" in reason
