@@ -40,13 +40,15 @@ raw uint8 images of any size.
     python -m recipes.finetune --data=folder:~/photos --backbone=EfficientNetB0 \\
         --weights=imagenet --image_size=224 --mode=features
 
-`metrics.json` names the exported model in `exported_model`: `ensemble` with
-`--snapshots`, else `swa` with `--swa_start`, else `ema` with `--ema`, else
-`final` (the weights at the end of training; in features mode, the linear
-classifier on the backbone). `test_accuracy`, `test_loss` (mean
-cross-entropy) and `validation_accuracy` are that model's; every other
-figure names its model (`final_test_accuracy` or `ema_test_accuracy`,
-`swa_test_accuracy`, `ensemble_test_accuracy`, `last_snapshot_test_accuracy`,
+The run evaluates every model it made, as `recipes.train` does: `final`
+(in features mode, the linear classifier on the backbone), `ema`, `swa`,
+`ensemble`; `--export=best` (the default) exports the best on validation
+data and says which, `--export=NAME` picks one. `metrics.json` names it in
+`exported_model`; `test_accuracy`, `test_loss` (mean cross-entropy) and
+`validation_accuracy` are its figures; every other figure names its model
+(`final_test_accuracy` or `ema_test_accuracy`, `swa_test_accuracy`,
+`ensemble_test_accuracy`, the same for `_validation_accuracy`,
+`last_snapshot_test_accuracy`,
 `snapshot_test_accuracies`, `head_validation_accuracy` for the head after
 phase 1). It also holds `epochs` (`head_epochs` + `finetune_epochs`),
 `head_learning_rate` (the phase-1 rate, found with `auto`) and
