@@ -19,7 +19,7 @@ import kerastrain as kt
 from kerastrain import _io
 from kerastrain import callbacks as kt_callbacks
 from recipes import run_dir
-from recipes.flags import CYCLIC_SCHEDULES, json_dict_flag
+from recipes.flags import CYCLIC_SCHEDULES, complete_config, json_dict_flag
 
 # Epoch-counted default schedule arguments and their step-counted forms: an
 # override of either form in --schedule_args replaces the default.
@@ -30,6 +30,28 @@ _SAME_QUANTITY = {"boundaries_epochs": "boundaries", "k_per_epoch": "k",
 # The exported model of --export=best without validation data, in order of
 # preference: what the run was set up to make.
 _DEFAULT_EXPORTS = ("ensemble", "swa", "ema", "final")
+
+
+def start(config, module, check, resumes=True):
+    """The first steps of a training recipe's `run`, before any model exists.
+
+    Completes `config` with the flag defaults of `module`, checks it
+    (`check(config)`), creates the `tf.distribute` strategy (before any other
+    TensorFlow call, as multi-worker training needs), checks the run
+    directory (`run_dir.check`), seeds every generator with `--seed` and
+    loads the data.
+
+    Returns:
+        `(config, strategy, data, steps_per_epoch, output_dir)`.
+    """
+    config = complete_config(config, module)
+    check(config)
+    distribution = strategy(config)
+    output_dir = run_dir.check(config, resumes=resumes)
+    keras.utils.set_random_seed(config["seed"])
+    data = load_data(config)
+    steps_per_epoch = -(-data.num_train // config["batch_size"])
+    return config, distribution, data, steps_per_epoch, output_dir
 
 
 def strategy(config):

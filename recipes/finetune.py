@@ -103,32 +103,19 @@ flags.DEFINE_float("probe_l2", 1e-4, "--mode=features: L2 penalty of the "
 
 
 def run(config):
-    """Transfers a backbone as `config` says; returns the metrics.
-
-    Args:
-        config: dict of flag values of this recipe (see `--help`); missing
-            ones take their defaults.
-
-    Returns:
-        The metrics dict written to `metrics.json`.
-    """
+    """Transfers a backbone as `config` (flag values of this recipe, see
+    `--help`; missing ones take their defaults) says; returns the metrics
+    written to `metrics.json`."""
     # Imported once the flags are parsed, so that --help answers at once.
-    import keras
-
     import kerastrain as kt
     from recipes import common
     from recipes import run_dir
 
-    config = recipe_flags.complete_config(config, __name__)
-    _check_config(config)
-    strategy = common.strategy(config)
-    keras.utils.set_random_seed(config["seed"])
-    data = common.load_data(config)
-    steps_per_epoch = -(-data.num_train // config["batch_size"])
+    config, strategy, data, steps_per_epoch, output_dir = common.start(
+        config, __name__, _check_config, resumes=False)
     epochs = _phase_epochs(config, steps_per_epoch)
     if config["mode"] == "finetune":
         recipe_flags.check_config(config, max(epochs[1], 1), auto_learning_rate=True)
-    output_dir = run_dir.check(config, resumes=False)
     weights, name = config["weights"], config["backbone"]
     if str(weights).endswith(".keras"):
         name = None  # the file holds the architecture

@@ -45,15 +45,9 @@ flags.DEFINE_string("save_backbone", None,
 
 
 def run(config):
-    """Trains, evaluates and exports as `config` says.
-
-    Args:
-        config: dict of flag values of this recipe (see `--help`); missing
-            ones take their defaults.
-
-    Returns:
-        The metrics dict written to `metrics.json`.
-    """
+    """Trains, evaluates and exports as `config` says; returns the metrics
+    written to `metrics.json`. `config` holds flag values of this recipe (see
+    `--help`); missing ones take their defaults."""
     # Imported once the flags are parsed, so that --help answers at once.
     import keras
 
@@ -61,13 +55,8 @@ def run(config):
     from recipes import common
     from recipes import run_dir
 
-    config = recipe_flags.complete_config(config, __name__)
-    recipe_flags.check_config(config, config["epochs"])
-    strategy = common.strategy(config)
-    output_dir = run_dir.check(config)
-    keras.utils.set_random_seed(config["seed"])
-    data = common.load_data(config)
-    steps_per_epoch = -(-data.num_train // config["batch_size"])
+    config, strategy, data, steps_per_epoch, output_dir = common.start(
+        config, __name__, lambda c: recipe_flags.check_config(c, c["epochs"]))
     total_steps = steps_per_epoch * config["epochs"]
     schedule = kt.schedules.get(
         common.schedule_config(config, steps_per_epoch, config["epochs"]))
