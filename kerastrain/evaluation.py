@@ -18,7 +18,6 @@ compare:
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from kerastrain import _introspect
 
@@ -89,9 +88,8 @@ def predict_probabilities(model, dataset):
         `(probabilities, labels)`: float64 `(N, num_classes)` and int64 `(N,)`.
     """
     outputs, labels = [], []
-    predict = _inference(model)
-    for images, batch_labels in dataset:
-        outputs.append(keras.ops.convert_to_numpy(predict(images)))
+    for images, batch_labels in dataset:  # one pass: images and labels stay paired
+        outputs.append(keras.ops.convert_to_numpy(model.predict_on_batch(images)))
         labels.append(np.asarray(batch_labels))
     if not outputs:
         raise ValueError("Nothing to evaluate: the dataset yielded no batches")
@@ -115,10 +113,3 @@ def evaluate(model, dataset):
     """
     return scores(*predict_probabilities(model, dataset))
 
-
-def _inference(model):
-    """`model` in inference mode as a compiled function of a batch."""
-    @tf.function(reduce_retracing=True)
-    def predict(images):
-        return model(images, training=False)
-    return predict
