@@ -359,11 +359,17 @@ def quiet_tensorflow():
 
 
 def run_or_explain(run, config):
-    """Runs `run(config)`; a bad flag or input exits with its message, no traceback."""
+    """Runs `run(config)`; a bad flag or input exits with its message, and
+    Ctrl-C with what to do next (exit status 130), no traceback."""
     try:
         return run(config)
     except (ValueError, OSError, RuntimeError) as error:
         raise SystemExit(f"error: {error}") from None
+    except KeyboardInterrupt:
+        print("\ninterrupted: every file was written whole (or not at all). Run the "
+              "same command again: recipes.train resumes from its last complete "
+              "epoch, other recipes start afresh.", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 def print_metrics(metrics):

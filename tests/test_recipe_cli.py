@@ -87,3 +87,13 @@ def test_flag_groups_register_without_frame_inspection():
     assert "learning_rate" not in names
     with pytest.raises(ValueError, match="Unknown flag group 'optimiser'"):
         recipe_flags.define("tests.some_recipe", "optimiser")
+
+
+def test_ctrl_c_exits_with_what_to_do_not_a_traceback(capsys):
+    def interrupted(config):
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as exit_info:
+        recipe_flags.run_or_explain(interrupted, {})
+    assert exit_info.value.code == 130
+    assert "Run the same command again: recipes.train resumes" in capsys.readouterr().err
