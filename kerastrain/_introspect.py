@@ -1,6 +1,6 @@
-"""What a Keras model takes and emits, read from its graph (private).
+"""What a Keras model takes and emits, and what its optimizer runs (private).
 
-Shared by `ensemble`, `evaluation` and `export`. A model that wraps others (`Ensemble`)
+Shared by `ensemble`, `evaluation`, `export` and the callbacks. A model that wraps others (`Ensemble`)
 answers through two class attributes instead of being imported here, so
 that this module depends on Keras alone: `_introspect_probabilities = True`
 (it emits probabilities) and `_introspect_input_model` (the model whose
@@ -46,3 +46,37 @@ def _output_layer(model):
     if len(outputs) == 1 and hasattr(outputs[0], "_keras_history"):
         return outputs[0]._keras_history.operation
     return (getattr(model, "layers", None) or [None])[-1]
+
+
+def base_optimizer(optimizer):
+    """The optimizer that holds the rate and the step count: wrappers such as
+    `LossScaleOptimizer` are looked through."""
+    while hasattr(optimizer, "inner_optimizer"):
+        optimizer = optimizer.inner_optimizer
+    return optimizer
+
+
+def learning_rate_source(optimizer):
+    """What sets the optimizer's rate: its `LearningRateSchedule` (not the
+    schedule's value now), a callable without arguments, or the variable
+    holding a constant rate.
+
+    Keras keeps a schedule or callable only in the private `_learning_rate`;
+    `optimizer.learning_rate` is its value at the current step.
+    """
+    optimizer = base_optimizer(optimizer)
+    rate = optimizer._learning_rate
+    if callable(rate):  # schedules are callable too
+        return rate
+    return optimizer.learning_rate
+
+
+def learning_rate_at(optimizer, step):
+    """The rate the optimizer applies at `step` (its schedule asked for that
+    step, or its constant rate), as a float."""
+    rate = learning_rate_source(optimizer)
+    if isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
+        rate = rate(step)
+    elif callable(rate):
+        rate = rate()
+    return float(keras.ops.convert_to_numpy(rate))

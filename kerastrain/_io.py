@@ -12,9 +12,12 @@ Messages for people go through Keras' `io_utils.print_msg`, which honours
 """
 
 import json
+import math
 import os
 import shutil
+import sys
 import tempfile
+import time
 import uuid
 
 import tensorflow as tf
@@ -77,13 +80,39 @@ def atomic_write(path, write):
         directory, f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-{os.path.basename(path)}")
     try:
         write(temporary)
-        os.replace(temporary, path)
+        replace_path(temporary, path)
     finally:
         if os.path.isdir(temporary):
             shutil.rmtree(temporary, ignore_errors=True)
         elif os.path.exists(temporary):
             os.remove(temporary)
     return path
+
+
+def replace_path(source, path):
+    """Moves the local file or directory `source` to `path`.
+
+    An existing `path` (a file or a whole directory) is swapped out in two
+    renames and deleted only once `source` is in its place, so at every
+    moment `path` holds either the old content or the new one; if the second
+    rename fails, the old content is put back. Whether `path` may be
+    replaced at all is the caller's decision.
+    """
+    source, path = os.fspath(source), os.fspath(path)
+    if not os.path.lexists(path):
+        os.replace(source, path)
+        return
+    previous = f"{source}.previous"
+    os.replace(path, previous)
+    try:
+        os.replace(source, path)
+    except BaseException:
+        os.replace(previous, path)
+        raise
+    if os.path.isdir(previous) and not os.path.islink(previous):
+        shutil.rmtree(previous)
+    else:
+        os.remove(previous)
 
 
 def write_text(path, text):
@@ -114,6 +143,63 @@ def read_json(path):
 def say(message):
     """Prints a line for the user the way Keras' callbacks do."""
     io_utils.print_msg(message)
+
+
+def progress(target, title, *, verbose=1, unit_name="step", stateful_metrics=None):
+    """A progress display for a loop outside `fit`, with `update(current,
+    values=None, finalize=None)` like `keras.utils.Progbar`.
+
+    On a terminal (or in a notebook) it is Keras' `Progbar`. When stdout is a
+    file or a pipe (a log, CI), the bar's carriage returns and backspaces
+    would fill it with garbage, so a plain line is printed instead at every
+    tenth of the way (or every 10 s without a known `target`) and at the end:
+    `title: 40/100 steps, lr 0.0012, smoothed_loss 2.281 (3 s)`.
+
+    Args:
+        target: number of steps, or `None` when unknown.
+        title: what the loop does, starting the plain lines.
+        verbose: 0 silent, 1 progress. Defaults to 1.
+        unit_name: what a step is called. Defaults to `"step"`.
+        stateful_metrics: names of the values shown as they are, not averaged
+            (the bar's averaging is kept only on a terminal).
+    """
+    interactive = (getattr(sys.stdout, "isatty", lambda: False)()
+                   or "ipykernel" in sys.modules)
+    if interactive or not verbose:
+        import keras
+
+        return keras.utils.Progbar(target, verbose=verbose, unit_name=unit_name,
+                                   stateful_metrics=stateful_metrics)
+    return _PlainProgress(target, title, unit_name)
+
+
+class _PlainProgress:
+    """Progress as plain lines, for logs (see `progress`)."""
+
+    def __init__(self, target, title, unit_name):
+        self.target, self.title, self.unit_name = target, title, unit_name
+        self._every = max(1, math.ceil(target / 10)) if target else None
+        self._start = self._last = time.monotonic()
+        self._printed = 0
+
+    def update(self, current, values=None, finalize=None):
+        if finalize is None:
+            finalize = self.target is not None and current >= self.target
+        now = time.monotonic()
+        if self._every is not None:
+            due = current // self._every > self._printed // self._every
+        else:
+            due = now - self._last >= 10
+        if not (finalize or due) or current == self._printed:
+            return
+        self._printed, self._last = current, now
+        count = f"{current}/{self.target}" if self.target else f"{current}"
+        shown = "".join(f", {name} {_number(value)}" for name, value in values or ())
+        say(f"{self.title}: {count} {self.unit_name}s{shown} ({now - self._start:.0f} s)")
+
+
+def _number(value):
+    return f"{float(value):.4g}"
 
 
 def _dumps(payload):

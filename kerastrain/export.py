@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kerastrain import _checks, _introspect, evaluation
+from kerastrain import _checks, _introspect, _io, evaluation
 
 CLASS_NAMES_FILE = "class_names.txt"
 # Written into every export's assets/: how a directory is recognised as a
@@ -57,7 +57,7 @@ def export_saved_model(model, path, class_names, *, outputs="auto",
     files reproduces the accuracy measured in training exactly.
 
     The SavedModel is written to a temporary directory next to `path`,
-    reloaded and verified, and only then moved into place with `os.replace`,
+    reloaded and verified, and only then renamed into place,
     so `path` never holds a half-written export; on any error the temporary
     directory is removed. An existing `path` is replaced only when asked
     (`overwrite=True`) and only when it is itself a kerastrain export: a
@@ -116,7 +116,7 @@ def export_saved_model(model, path, class_names, *, outputs="auto",
         _write(model, target, class_names, outputs, image_size)
         if verify:
             _verify(model, target, class_names, outputs, image_size, probe_images)
-        _replace(target, path)
+        _io.replace_path(target, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return path
@@ -314,24 +314,6 @@ def _verify(model, target, class_names, outputs, image_size, probe_images):
                       "as logits and softmaxed again; pass "
                       "outputs='probabilities' if the model ends in a softmax.",
                       stacklevel=3)
-
-
-def _replace(source, path):
-    """Moves `source` to `path`, swapping out an existing `path` safely."""
-    if not os.path.lexists(path):
-        os.replace(source, path)
-        return
-    backup = source + ".previous"
-    os.replace(path, backup)
-    try:
-        os.replace(source, path)
-    except BaseException:
-        os.replace(backup, path)
-        raise
-    if os.path.isdir(backup) and not os.path.islink(backup):
-        shutil.rmtree(backup)
-    else:
-        os.remove(backup)
 
 
 def _check_class_names(class_names, model):

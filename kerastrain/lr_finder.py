@@ -26,7 +26,7 @@ import warnings
 import keras
 import numpy as np
 
-from kerastrain import _checks
+from kerastrain import _checks, _introspect, _io
 
 _STOP_REASONS = ("completed", "diverged", "non_finite")
 
@@ -98,7 +98,8 @@ def find_learning_rate(model, dataset, min_lr=1e-7, max_lr=10.0, steps=100,
         diverge_factor: stop once smoothed loss > `diverge_factor` x best
             smoothed loss (losses are assumed non-negative), > 1. Defaults to
             `4.0`.
-        verbose: 0 silent, 1 progress bar. Defaults to `1`.
+        verbose: 0 silent, 1 progress (a bar on a terminal, plain lines in
+            a log). Defaults to `1`.
 
     Returns:
         An `LRFinderResult`.
@@ -203,8 +204,8 @@ def suggest_learning_rate(learning_rates, losses, skip_start=0.1, window=0.3):
 def _sweep(model, batches, learning_rate, min_lr, max_lr, steps, smoothing,
            diverge_factor, verbose):
     schedule = min_lr * (max_lr / min_lr) ** (np.arange(steps) / (steps - 1))
-    progbar = keras.utils.Progbar(steps, verbose=verbose,
-                                  stateful_metrics=["lr", "smoothed_loss"])
+    progbar = _io.progress(steps, "LR range test", verbose=verbose,
+                           stateful_metrics=["lr", "smoothed_loss"])
     lrs, losses, smoothed = [], [], []
     average, best, stop_reason = 0.0, math.inf, "completed"
     for step, lr in enumerate(schedule):
@@ -252,8 +253,8 @@ def _take_over_learning_rate(model):
     if isinstance(current, keras.Variable):
         value = current.numpy()
         return current, lambda: current.assign(value)
-    owner = getattr(optimizer, "inner_optimizer", optimizer)  # LossScaleOptimizer
-    original_rate, original_function = owner._learning_rate, model.train_function
+    original_rate = _introspect.learning_rate_source(optimizer)
+    original_function = model.train_function
     variable = keras.Variable(0.0, dtype=keras.config.floatx(), trainable=False,
                               name="lr_finder_learning_rate")
     optimizer.learning_rate = lambda: variable

@@ -23,7 +23,6 @@ Each step is a recipe run with its own run directory under `--demo_dir`;
 
 import os
 import shutil
-import tempfile
 import time
 
 from absl import app
@@ -65,6 +64,7 @@ def run(config):
     """
     # Imported once the flags are parsed, so that --help answers at once.
     import kerastrain as kt
+    from kerastrain import _io
 
     config = recipe_flags.complete_config(config, __name__)
     directory, export_dir = config["demo_dir"], config["demo_export_dir"]
@@ -96,7 +96,8 @@ def run(config):
         commands[name] = _command(recipe, run_config)
     seconds = time.time() - start
     best = max((name for name, _, _ in RUNS), key=lambda n: results[n]["test_accuracy"])
-    _copy_tree(os.path.join(directory, _slug(best), "saved_model"), export_dir)
+    best_export = os.path.join(directory, _slug(best), "saved_model")
+    _io.atomic_write(export_dir, lambda staging: shutil.copytree(best_export, staging))
     kt.plots.comparison_bars(
         {name: results[name]["test_accuracy"] for name, _, _ in RUNS},
         os.path.join(directory, "comparison.png"), ylabel="test accuracy (target)")
@@ -153,20 +154,6 @@ def _command(recipe, config):
 
 def _slug(name):
     return name.split(" (")[0].replace(" ", "_").replace("-", "_")
-
-
-def _copy_tree(source, destination):
-    """Copies a SavedModel directory into place atomically."""
-    parent = os.path.dirname(os.path.abspath(destination))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".transfer_demo.", dir=parent)
-    try:
-        shutil.copytree(source, os.path.join(staging, "saved_model"))
-        if os.path.exists(destination):
-            shutil.rmtree(destination)
-        os.replace(os.path.join(staging, "saved_model"), destination)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _print_results(outcome):

@@ -71,6 +71,38 @@ def test_atomic_write_of_a_directory_leaves_no_temporary(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_atomic_write_replaces_a_whole_directory(tmp_path):
+    target = tmp_path / "export"
+    (target / "old").mkdir(parents=True)
+    (target / "old" / "weights").write_text("old")
+
+    def write(temporary):
+        os.makedirs(os.path.join(temporary, "new"))
+
+    _io.atomic_write(target, write)
+    assert os.listdir(target) == ["new"]
+    assert os.listdir(tmp_path) == ["export"]
+
+
+def test_replace_path_puts_the_old_content_back_when_the_move_fails(tmp_path, monkeypatch):
+    old, new = tmp_path / "model", tmp_path / "staging"
+    old.mkdir()
+    (old / "weights").write_text("old")
+    new.mkdir()
+    real_replace = os.replace
+
+    def failing(source, destination):
+        if os.fspath(source) == os.fspath(new):
+            raise OSError("device busy")
+        real_replace(source, destination)
+
+    monkeypatch.setattr(os, "replace", failing)
+    with pytest.raises(OSError):
+        _io.replace_path(new, old)
+    assert (old / "weights").read_text() == "old"
+    assert sorted(os.listdir(tmp_path)) == ["model", "staging"]
+
+
 def test_remove_and_read_json(tmp_path):
     _io.write_json(tmp_path / "a" / "x.json", [1, 2])
     assert _io.read_json(tmp_path / "a" / "x.json") == [1, 2]

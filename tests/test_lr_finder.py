@@ -119,6 +119,17 @@ def test_existing_optimizer_state_and_weights_restored_exactly(subset):
     _assert_same_state(before, _state(model))
 
 
+def test_progress_in_a_log_is_plain_lines(subset, capsys):
+    # Under pytest stdout is no terminal, as in a log file or CI.
+    model = _compiled(keras.optimizers.SGD(0.01))
+    lr_finder.find_learning_rate(model, subset.train, min_lr=1e-4, max_lr=1e-2, steps=20)
+    out = capsys.readouterr().out
+    assert not set(out) & {"\r", "\b", "\x1b"}
+    lines = [line for line in out.splitlines() if line.startswith("LR range test:")]
+    assert [line.split()[3] for line in lines] == [f"{n}/20" for n in range(2, 21, 2)]
+    assert "lr 0.01," in lines[-1] and "smoothed_loss" in lines[-1]
+
+
 def test_schedule_restored_and_training_continues_as_if_untouched(subset):
     """A model that ran the test trains on exactly like its untouched twin."""
     def twin():

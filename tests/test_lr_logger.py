@@ -82,3 +82,21 @@ def test_recipe_logs_swa_lr_in_history(tmp_path):
     assert rates[0] == pytest.approx(3e-3)
     assert rates[1] == pytest.approx(1e-4)
     assert os.path.exists(os.path.join(config["output_dir"], "learning_rate.png"))
+
+
+def test_looks_through_a_loss_scale_optimizer_and_reads_callable_rates(train_ds):
+    schedule = keras.optimizers.schedules.CosineDecay(0.05, 3 * STEPS)
+    for optimizer, expected in (
+            (keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(schedule)),
+             [float(schedule(s)) for s in range(2 * STEPS)]),
+            (keras.optimizers.SGD(lambda: 0.02), [0.02] * 2 * STEPS)):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Rescaling(1 / 255),
+                                  keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)])
+        model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        logger = LearningRateLogger()
+        history = model.fit(train_ds, epochs=2, verbose=0, callbacks=[logger])
+        assert logger.steps == list(range(2 * STEPS))
+        np.testing.assert_allclose(logger.rates, expected, rtol=1e-6)
+        np.testing.assert_allclose(history.history["learning_rate"],
+                                   [expected[0], expected[STEPS]], rtol=1e-6)

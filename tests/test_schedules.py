@@ -10,6 +10,7 @@ import tensorflow as tf
 
 import kerastrain.data
 import kerastrain.models
+import kerastrain.transfer
 from kerastrain import plots, schedules
 from kerastrain.callbacks import LearningRateLogger
 from kerastrain.schedules import (
@@ -213,6 +214,20 @@ def test_cycle_end_steps_refuses_schedules_without_cycles(schedule, received):
     with pytest.raises(ValueError, match=f"Invalid value for `schedule`.*{received}, "
                                          "which has no cycle ends"):
         schedules.cycle_end_steps(schedule, 100)
+
+
+def test_scaled_schedule_scales_keeps_cycles_and_serializes():
+    inner = schedules.WarmRestarts(0.1, first_cycle_steps=30, t_mul=2.0)
+    schedule = schedules.ScaledSchedule(inner, 0.25)
+    restored = keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(schedule))
+    steps = np.arange(0, 100, 7)
+    np.testing.assert_allclose(restored(steps), 0.25 * inner(steps), rtol=1e-6)
+    assert schedules.cycle_end_steps(schedule, 100) == [29, 89]
+    # Moved from kerastrain.transfer, still importable from there.
+    assert kerastrain.transfer.ScaledSchedule is schedules.ScaledSchedule
+    with pytest.raises(ValueError, match="factor"):
+        schedules.ScaledSchedule(inner, 0)
 
 
 @pytest.mark.parametrize("base_lr", [0.1, 0.0])

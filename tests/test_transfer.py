@@ -255,15 +255,6 @@ def test_discriminative_rates_scale_per_block(source_file, target):
                                    rate * gradients[path].numpy(), rtol=1e-3, atol=1e-6)
 
 
-def test_scaled_schedule_survives_serialization():
-    schedule = transfer.ScaledSchedule(kt.schedules.OneCycle(0.1, 100), 0.25)
-    restored = keras.saving.deserialize_keras_object(
-        keras.saving.serialize_keras_object(schedule))
-    steps = np.arange(0, 100, 7)
-    np.testing.assert_allclose(restored(steps), 0.25 * kt.schedules.OneCycle(0.1, 100)(steps),
-                               rtol=1e-6)
-
-
 def test_fine_tune_rejects_bad_arguments(source_file, target):
     model = _classifier(source_file)
     with pytest.raises(ValueError, match="Nothing to train"):

@@ -5,7 +5,7 @@ import re
 
 import keras
 
-from kerastrain import _checks, _io, _manifest
+from kerastrain import _checks, _introspect, _io, _manifest
 from kerastrain.schedules import cycle_end_steps as _cycle_end_steps
 
 _SNAPSHOT = re.compile(r"snapshot_\d+\.keras$")
@@ -145,13 +145,13 @@ class SnapshotEnsemble(keras.callbacks.Callback):
     # -- bookkeeping ------------------------------------------------------------
 
     def _check_schedule_is_the_optimizers(self):
-        rate = _learning_rate_of(self.model.optimizer)
+        rate = _introspect.learning_rate_source(self.model.optimizer)
         serialize = keras.optimizers.schedules.serialize
         if rate is self.schedule or (isinstance(rate, _LRS)
                                      and serialize(rate) == serialize(self.schedule)):
             return
         running = (f"the schedule {type(rate).__name__}" if isinstance(rate, _LRS)
-                   else f"the constant rate {rate:g}")
+                   else f"the constant rate {float(keras.ops.convert_to_numpy(rate)):g}")
         raise ValueError(
             f"SnapshotEnsemble(schedule={type(self.schedule).__name__}(...)) saves at the "
             f"cycle ends of that schedule, but the optimizer runs {running}, so those "
@@ -208,10 +208,7 @@ class SnapshotEnsemble(keras.callbacks.Callback):
             _io.say(f"\nEpoch {self._epoch + 1}, step {step}: saved snapshot {index} to {path}")
 
     def _learning_rate(self, step):
-        rate = _learning_rate_of(self.model.optimizer)
-        if isinstance(rate, _LRS):
-            return float(rate(step))
-        return float(self.model.optimizer.learning_rate)
+        return _introspect.learning_rate_at(self.model.optimizer, step)
 
     def _read_manifest(self):
         entries = _manifest.read(self.directory) or []
@@ -220,18 +217,6 @@ class SnapshotEnsemble(keras.callbacks.Callback):
 
     def _write_manifest(self):
         _manifest.write(self.directory, self._entries)
-
-
-def _learning_rate_of(optimizer):
-    """The optimizer's schedule (not its value now), or its float rate; wrappers
-    such as `LossScaleOptimizer` are looked through."""
-    while hasattr(optimizer, "inner_optimizer"):
-        optimizer = optimizer.inner_optimizer
-    rate = optimizer._learning_rate  # Keras keeps the schedule only here
-    if isinstance(rate, _LRS):
-        return rate
-    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
-
 
 
 def _is_scalar(value):

@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kerastrain import _io
+from kerastrain import _introspect, _io
 from kerastrain import averaging
 from kerastrain._checks import check, check_int, check_real, is_real
 
@@ -328,10 +328,11 @@ class StochasticWeightAveraging(keras.callbacks.Callback):
         step = int(optimizer.iterations.numpy())
         if self._start_step is None:
             self._start_step = step
-        if isinstance(optimizer._learning_rate, _LRS):
-            if not isinstance(optimizer._learning_rate, _SWAPhase):
-                optimizer.learning_rate = _SWAPhase(optimizer._learning_rate,
-                                                    self.swa_learning_rate, self._start_step)
+        rate = _introspect.learning_rate_source(optimizer)
+        if isinstance(rate, _LRS):
+            if not isinstance(rate, _SWAPhase):
+                optimizer.learning_rate = _SWAPhase(rate, self.swa_learning_rate,
+                                                    self._start_step)
                 # The compiled train step captured the old schedule.
                 self.model.make_train_function(force=True)
         elif isinstance(self.swa_learning_rate, _LRS):
@@ -382,8 +383,9 @@ class _SWAPhase(_LRS):
 
 def _unwrap_learning_rate(model):
     optimizer = getattr(model, "optimizer", None)
-    if optimizer is not None and isinstance(optimizer._learning_rate, _SWAPhase):
-        optimizer.learning_rate = optimizer._learning_rate.original
+    rate = None if optimizer is None else _introspect.learning_rate_source(optimizer)
+    if isinstance(rate, _SWAPhase):
+        optimizer.learning_rate = rate.original
         model.make_train_function(force=True)
 
 
@@ -399,8 +401,7 @@ def _averaged_slots(model):
 
 def _ema_optimizer(model):
     """The model's optimizer if it keeps an EMA of the weights, else `None`."""
-    optimizer = getattr(model, "optimizer", None)
-    optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # LossScaleOptimizer
+    optimizer = _introspect.base_optimizer(getattr(model, "optimizer", None))
     return optimizer if getattr(optimizer, "use_ema", False) else None
 
 

@@ -5,7 +5,7 @@ offers the first two in the textbook parametrisation `a0 * exp(-k t)` and
 `a0 / (1 + k t)` by configuring Keras' own classes, and `WarmRestarts`
 extends Keras' `CosineDecayRestarts` with the cycle ends that snapshot
 ensembles need. The classes here cover what Keras lacks (`StepDecay`,
-`CyclicalLearningRate`, `OneCycle`, `Warmup`). Every cyclic schedule (and a
+`CyclicalLearningRate`, `OneCycle`, `Warmup`, `ScaledSchedule`). Every cyclic schedule (and a
 `Warmup` around one) knows its cycles: `cycle_end_steps(schedule, n)` asks
 it, and also answers for Keras' `CosineDecayRestarts`. All of them are stateless
 functions of the optimizer step written in `keras.ops`, so they run inside
@@ -20,10 +20,10 @@ from kerastrain import _checks
 from kerastrain.schedules.cyclic import (
     CyclicalLearningRate, OneCycle, WarmRestarts, cycle_end_steps,
 )
-from kerastrain.schedules.decay import StepDecay, Warmup
+from kerastrain.schedules.decay import ScaledSchedule, StepDecay, Warmup
 
-__all__ = ["StepDecay", "CyclicalLearningRate", "WarmRestarts", "OneCycle", "Warmup", "get",
-           "cycle_end_steps"]
+__all__ = ["StepDecay", "CyclicalLearningRate", "WarmRestarts", "OneCycle", "Warmup",
+           "ScaledSchedule", "get", "cycle_end_steps"]
 
 
 def _exponential(initial_learning_rate, k):

@@ -166,3 +166,42 @@ class Warmup(Schedule):
                 "initial_learning_rate": self.initial_learning_rate}
 
 
+@keras.saving.register_keras_serializable(package="kerastrain")
+class ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """`factor * schedule(step)`: one schedule at a fraction of its rate.
+
+    What discriminative fine-tuning gives each lower block of a backbone
+    (`kerastrain.transfer.discriminative_optimizer`): the same schedule,
+    scaled down. The cycles are the wrapped schedule's.
+
+    Args:
+        schedule: a `LearningRateSchedule`.
+        factor: the scale, a float > 0.
+
+    Example:
+
+    >>> schedule = ScaledSchedule(WarmRestarts(1e-3, first_cycle_steps=100), 0.5)
+    >>> float(schedule(0))
+    0.0005
+    """
+
+    def __init__(self, schedule, factor):
+        super().__init__()
+        self.schedule = schedule
+        self.factor = _checks.check_real("factor", factor, low=0, low_open=True)
+
+    def __call__(self, step):
+        return self.factor * self.schedule(step)
+
+    def cycle_end_steps(self, total_steps):
+        """Returns the wrapped schedule's cycle ends (see `cycle_end_steps`)."""
+        return cycle_end_steps(self.schedule, total_steps)
+
+    def get_config(self):
+        return {"schedule": keras.saving.serialize_keras_object(self.schedule),
+                "factor": self.factor}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(keras.saving.deserialize_keras_object(config["schedule"]),
+                   config["factor"])

@@ -22,8 +22,8 @@ from kerastrain.transfer.backbones import (PreprocessInput,
                                            available_names, backbone,
                                            cut_backbone)
 from kerastrain.transfer.codes import LinearProbe, check_codes, extract_features
-from kerastrain.transfer.finetune import (ScaledSchedule, build_classifier,
-                                          discriminative_optimizer,
+from kerastrain.schedules import ScaledSchedule  # noqa: F401  (its home is schedules)
+from kerastrain.transfer.finetune import (build_classifier, discriminative_optimizer,
                                           find_head_learning_rate, fine_tune)
 from kerastrain.transfer.unfreezing import (GradualUnfreezing, block_names,
                                             freeze_backbone, unfreeze)

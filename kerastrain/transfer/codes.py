@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kerastrain import _checks, evaluation
+from kerastrain import _checks, _io, evaluation
 
 
 def extract_features(backbone, dataset, verbose=1):
@@ -25,7 +25,8 @@ def extract_features(backbone, dataset, verbose=1):
             `kerastrain.transfer.backbone`).
         dataset: a batched `tf.data.Dataset` (or iterable) of `(images,
             labels)` or `(images, labels, sample_weights)` elements.
-        verbose: 1 shows a `keras.utils.Progbar` over batches, 0 is silent.
+        verbose: 1 shows progress over batches (a bar on a terminal, plain
+            lines in a log), 0 is silent.
             Defaults to 1.
 
     Returns:
@@ -39,7 +40,7 @@ def extract_features(backbone, dataset, verbose=1):
     if isinstance(dataset, tf.data.Dataset):
         cardinality = int(dataset.cardinality())
         total = cardinality if cardinality >= 0 else None
-    progbar = keras.utils.Progbar(total, verbose=verbose, unit_name="batch")
+    progbar = _io.progress(total, "CNN codes", verbose=verbose, unit_name="batch")
     features, labels = [], []
     for step, element in enumerate(dataset, start=1):
         if not isinstance(element, (tuple, list)) or len(element) < 2:
@@ -53,6 +54,8 @@ def extract_features(backbone, dataset, verbose=1):
         progbar.update(step)
     if not features:
         raise ValueError("extract_features() received an empty dataset")
+    if total is None:
+        progbar.update(len(features), finalize=True)
     return np.concatenate(features), np.concatenate(labels)
 
 

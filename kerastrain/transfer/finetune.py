@@ -146,27 +146,6 @@ def discriminative_optimizer(model, optimizer="adam", learning_rate=1e-4,
     return keras.optimizers.MultiOptimizer(mapping)
 
 
-@keras.saving.register_keras_serializable(package="kerastrain")
-class ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """`factor * schedule(step)`: one schedule at a fraction of its rate."""
-
-    def __init__(self, schedule, factor):
-        super().__init__()
-        self.schedule, self.factor = schedule, float(factor)
-
-    def __call__(self, step):
-        return self.factor * self.schedule(step)
-
-    def get_config(self):
-        return {"schedule": keras.saving.serialize_keras_object(self.schedule),
-                "factor": self.factor}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(keras.saving.deserialize_keras_object(config["schedule"]),
-                   config["factor"])
-
-
 def fine_tune(model, data, *, validation_data=None, head_epochs=5,
               finetune_epochs=5, unfreeze_top=1, unit="blocks", gradual=False,
               head_lr=1e-3, finetune_lr=1e-4, block_lr_decay=None,
@@ -310,5 +289,5 @@ def _compile(model, make_optimizer):
 
 def _scaled(learning_rate, factor):
     if isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):
-        return ScaledSchedule(learning_rate, factor)
+        return schedules.ScaledSchedule(learning_rate, factor)
     return learning_rate * factor
