@@ -1,4 +1,4 @@
-"""Epoch-time overhead of the weight-averaging and snapshot callbacks.
+"""Epoch-time overhead of the weight-averaging, snapshot and LR-logging callbacks.
 
 Trains the same small CNN on the embedded `cifar10_mini` train split with
 the same optimizer (SGD with momentum on a `WarmRestarts` schedule whose
@@ -12,7 +12,13 @@ cycle lasts one epoch) under four callback settings:
 - `snapshot`: `SnapshotEnsemble(schedule=...)`, which saves a `.keras` file
   and rewrites its manifest at every epoch end (one cycle per epoch; Huang et
   al. use cycles of 40 epochs and more),
-- `swa+snapshot`: both.
+- `swa+snapshot`: both,
+- `lr_logger`: `LearningRateLogger()`, which keeps each step's counter and
+  rate as tensors and converts them once per epoch,
+- `lr_logger_host_read`: the same record made the direct way, copying the
+  step counter and the rate to the host at every step (`float(...)`), the
+  reference the logger is measured against (on an accelerator each such
+  copy waits for the step to finish).
 
 An epoch's time runs from the end of the previous epoch to the end of this
 one, callbacks included; the first epoch of every run (tracing) is left out,
@@ -55,9 +61,22 @@ flags.DEFINE_string("output_dir", str(pathlib.Path(__file__).parent / "results")
                     "Where results go.")
 FLAGS = flags.FLAGS
 
-SETTINGS = ("plain", "swa", "snapshot", "swa+snapshot")
+SETTINGS = ("plain", "swa", "snapshot", "swa+snapshot", "lr_logger", "lr_logger_host_read")
 TARGET = 1.05
 _HOOKS = ("on_epoch_begin", "on_epoch_end", "on_train_batch_begin", "on_train_batch_end")
+
+
+class _HostReadLogger(keras.callbacks.Callback):
+    """Records every step's rate by reading it to the host at once."""
+
+    def on_train_begin(self, logs=None):
+        self.steps, self.rates = [], []
+
+    def on_train_batch_end(self, batch, logs=None):
+        optimizer = self.model.optimizer
+        step = int(optimizer.iterations.numpy()) - 1
+        self.steps.append(step)
+        self.rates.append(float(optimizer._learning_rate(step)))
 
 
 class _EpochClock(keras.callbacks.Callback):
@@ -110,6 +129,10 @@ def _run(setting, train, steps, workdir):
     if "snapshot" in setting:
         used.append(callbacks.SnapshotEnsemble(os.path.join(workdir, "snapshots"),
                                                schedule=schedule))
+    if setting == "lr_logger":
+        used.append(callbacks.LearningRateLogger())
+    if setting == "lr_logger_host_read":
+        used.append(_HostReadLogger())
     clock = _EpochClock(used)
     model.fit(train, epochs=FLAGS.epochs, verbose=0, callbacks=used + [clock])
     ends = np.array(clock.epoch_ends)
@@ -125,7 +148,8 @@ def _write(results, output_dir):
     (output_dir / "callback_overhead.json").write_text(json.dumps(results, indent=2) + "\n")
     s, m = results["settings"], results["machine"]
     lines = [
-        "# Callback overhead: epoch time with SWA / snapshot callbacks vs without",
+        "# Callback overhead: epoch time with SWA / snapshot / LR-logging callbacks vs "
+        "without",
         "",
         f"`small_cnn(width={s['width']}, blocks={s['blocks']})` on cifar10_mini "
         f"({s['train_images']} train images, batch {s['batch_size']}, "
