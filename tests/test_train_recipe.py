@@ -248,7 +248,8 @@ def test_training_curves_rejects_empty_history(tmp_path):
     assert os.path.getsize(path) > 0
 
 
-def test_interrupted_swa_run_resumes_from_its_backup(tmp_path, monkeypatch, capsys):
+def test_interrupted_swa_run_resumes_from_its_backup(tmp_path, monkeypatch, crash_at_step,
+                                                    capsys):
     """A run that crashes in epoch 3 resumes there, and says so: the epochs
     before the crash are kept, and the SWA average holds the epoch averaged
     before the crash."""
@@ -257,19 +258,7 @@ def test_interrupted_swa_run_resumes_from_its_backup(tmp_path, monkeypatch, caps
     run_dir = tmp_path / "resumed"
     config["output_dir"] = str(run_dir)
 
-    original = keras.callbacks.TerminateOnNaN.on_batch_end
-    batches = []
-
-    def crash_in_epoch_3(self, batch, logs=None):
-        batches.append(batch)
-        if len(batches) == 3 * STEPS_PER_EPOCH + 2:
-            raise RuntimeError("simulated crash")
-        return original(self, batch, logs)
-
-    monkeypatch.setattr(keras.callbacks.TerminateOnNaN, "on_batch_end", crash_in_epoch_3)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        train.run(config)
-    monkeypatch.setattr(keras.callbacks.TerminateOnNaN, "on_batch_end", original)
+    crash_at_step(train.run, config, 3 * STEPS_PER_EPOCH + 2)  # in epoch 3
     assert {"backup", "swa_state.npz"} <= set(os.listdir(run_dir))
     assert not os.path.exists(run_dir / "metrics.json")
     with np.load(run_dir / "swa_state.npz") as state:  # epoch 2, averaged pre-crash
