@@ -195,7 +195,9 @@ class _PlainProgress:
         self._printed, self._last = current, now
         count = f"{current}/{self.target}" if self.target else f"{current}"
         shown = "".join(f", {name} {_number(value)}" for name, value in values or ())
-        say(f"{self.title}: {count} {self.unit_name}s{shown} ({now - self._start:.0f} s)")
+        unit = self.unit_name + ("es" if self.unit_name.endswith(("s", "x", "ch", "sh"))
+                                 else "s")
+        say(f"{self.title}: {count} {unit}{shown} ({now - self._start:.0f} s)")
 
 
 def _number(value):

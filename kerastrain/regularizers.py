@@ -1,4 +1,5 @@
-"""Elastic-net weight penalty, and adding a penalty to an existing model.
+"""Elastic-net weight penalty, adding a penalty to an existing model, and
+label smoothing for integer labels.
 
 Keras computes a weight's penalty from the regularizer it was *created*
 with, so setting `layer.kernel_regularizer` on a built model (a pretrained
@@ -59,6 +60,49 @@ class ElasticNet(keras.regularizers.L1L2):
 
     def get_config(self):
         return {"strength": self.strength, "l1_ratio": self.l1_ratio}
+
+
+@keras.saving.register_keras_serializable(package="kerastrain")
+class SparseCategoricalCrossentropy(keras.losses.Loss):
+    """Keras' sparse categorical cross-entropy with label smoothing.
+
+    Keras offers `label_smoothing` only on `CategoricalCrossentropy`, which
+    needs one-hot labels; datasets of integer labels (every
+    `kerastrain.data` split) would have to be re-encoded. This loss takes the
+    integer labels, one-hot encodes them inside the loss (the number of
+    classes is the prediction's last dimension) and calls Keras'
+    `categorical_crossentropy(..., label_smoothing=...)`: the target of the
+    true class is `1 - s + s / k`, of every other `s / k` (Szegedy et al.,
+    2016). With `label_smoothing=0` it equals
+    `keras.losses.SparseCategoricalCrossentropy`.
+
+    Args:
+        label_smoothing: `s`, in `[0, 1)`. Defaults to `0.1`.
+        from_logits: whether predictions are logits. Defaults to `True`.
+        name: loss name. Defaults to `"sparse_categorical_crossentropy"`.
+
+    Example:
+
+    >>> model.compile("adam", SparseCategoricalCrossentropy(label_smoothing=0.1))
+    """
+
+    def __init__(self, label_smoothing=0.1, from_logits=True,
+                 name="sparse_categorical_crossentropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = _checks.check_real("label_smoothing", label_smoothing, 0, 1,
+                                                  high_open=True)
+        self.from_logits = bool(from_logits)
+
+    def call(self, y_true, y_pred):
+        labels = keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32")
+        one_hot = keras.ops.one_hot(labels, keras.ops.shape(y_pred)[-1], dtype=y_pred.dtype)
+        return keras.losses.categorical_crossentropy(
+            one_hot, y_pred, from_logits=self.from_logits,
+            label_smoothing=self.label_smoothing)
+
+    def get_config(self):
+        return {**super().get_config(), "label_smoothing": self.label_smoothing,
+                "from_logits": self.from_logits}
 
 
 def apply(model, regularizer, *, include=("kernel",)):

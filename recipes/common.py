@@ -123,6 +123,12 @@ def optimizer(config, schedule):
     return kt.optimizers.build(config["optimizer"], learning_rate=schedule, **kwargs)
 
 
+def loss(config):
+    """The cross-entropy on logits, with `--label_smoothing` if set."""
+    return kt.regularizers.SparseCategoricalCrossentropy(
+        label_smoothing=config.get("label_smoothing") or 0.0)
+
+
 def regularizer(config):
     """The kernel regularizer of `--regularizer`, or `None`."""
     strength = config["regularization"]

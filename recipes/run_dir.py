@@ -188,5 +188,10 @@ def save_keras(model, target):
 
 
 def save_backbone(model, target):
-    """Saves the feature extractor of `model` (no classifier) as `.keras`."""
+    """Saves the feature extractor of `model` (no classifier) as `.keras`:
+    its nested `backbone` model (a keras.applications network), or
+    small_cnn's layers up to the pooled features."""
+    nested = {layer.name: layer for layer in model.layers}.get("backbone")
+    if isinstance(nested, keras.Model):
+        return save_keras(nested, target)
     return save_keras(kt.transfer.cut_backbone(model), target)

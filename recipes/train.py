@@ -42,6 +42,19 @@ flags.DEFINE_integer("epochs", 10, "Training epochs.")
 flags.DEFINE_string("save_backbone", None,
                     "Write the trained feature extractor (model without its "
                     "classifier) to this .keras file, for recipes.finetune --weights.")
+flags.DEFINE_string("backbone", "small_cnn",
+                    "small_cnn (--width, --blocks), or a keras.applications name "
+                    "(MobileNetV2, EfficientNetB0, ...) trained from scratch "
+                    "(weights=None).")
+flags.DEFINE_string("backbone_args", None,
+                    'JSON dict of the keras.applications arguments, e.g. \'{"alpha": 0.35}\'.')
+flags.DEFINE_integer("resize", None,
+                     "Side the keras.applications backbone sees (the images are "
+                     "resized inside the model). Default: the image size.")
+flags.DEFINE_float("bn_momentum", 0.9,
+                   "BatchNorm momentum of a keras.applications backbone (Keras "
+                   "builds 0.99/0.999, which needs thousands of steps to settle).")
+flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing of the cross-entropy.")
 
 
 def run(config):
@@ -49,24 +62,19 @@ def run(config):
     written to `metrics.json`. `config` holds flag values of this recipe (see
     `--help`); missing ones take their defaults."""
     # Imported once the flags are parsed, so that --help answers at once.
-    import keras
-
     import kerastrain as kt
     from recipes import common
     from recipes import run_dir
 
     config, strategy, data, steps_per_epoch, output_dir = common.start(
-        config, __name__, lambda c: recipe_flags.check_config(c, c["epochs"]))
+        config, __name__, _check)
     total_steps = steps_per_epoch * config["epochs"]
     schedule = kt.schedules.get(
         common.schedule_config(config, steps_per_epoch, config["epochs"]))
     with strategy.scope():
-        model = kt.models.small_cnn(
-            data.num_classes, input_shape=data.image_shape, width=config["width"],
-            blocks=config["blocks"], dropout=config["dropout"],
-            kernel_regularizer=common.regularizer(config))
+        model = _model(config, data)
         model.compile(optimizer=common.optimizer(config, schedule),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      loss=common.loss(config),
                       metrics=["accuracy"])
     augmentation = kt.augment.Augmentation.from_policy(config["augment"],
                                                        seed=config["seed"])
@@ -88,6 +96,44 @@ def run(config):
         run_dir.save_backbone(model, config["save_backbone"])
     run_dir.export_model(exported, config, data.class_names)
     return metrics
+
+
+def _check(config):
+    import kerastrain as kt
+
+    recipe_flags.check_config(config, config["epochs"])
+    name = config["backbone"]
+    names = kt.transfer.available_names()
+    if name != "small_cnn" and name.lower() not in {n.lower() for n in names}:
+        raise ValueError(f"Invalid value for --backbone: expected small_cnn or a "
+                         f"keras.applications name ({', '.join(names[:6])}, ...), "
+                         f"received {name!r}")
+    recipe_flags.json_dict_flag(config, "backbone_args")
+    for flag in ("bn_momentum", "label_smoothing"):
+        if not 0 <= config[flag] < 1:
+            raise ValueError(f"Invalid value for --{flag}: expected a number in "
+                             f"[0, 1), received {config[flag]!r}")
+    if config["resize"] is not None and config["resize"] < 32:
+        raise ValueError("Invalid value for --resize: expected a side of at least "
+                         f"32 pixels, received {config['resize']!r}")
+
+
+def _model(config, data):
+    import kerastrain as kt
+    from recipes import common
+
+    if config["backbone"] == "small_cnn":
+        return kt.models.small_cnn(
+            data.num_classes, input_shape=data.image_shape, width=config["width"],
+            blocks=config["blocks"], dropout=config["dropout"],
+            kernel_regularizer=common.regularizer(config))
+    resize = config["resize"]
+    return kt.transfer.scratch_classifier(
+        config["backbone"], data.num_classes, data.image_shape,
+        bn_momentum=config["bn_momentum"], dropout=config["dropout"],
+        resize=(resize, resize) if resize else None,
+        kernel_regularizer=common.regularizer(config), seed=config["seed"],
+        **recipe_flags.json_dict_flag(config, "backbone_args"))
 
 
 main = recipe_flags.main(run, __name__)

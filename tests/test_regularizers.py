@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from kerastrain import data
+from kerastrain import data, regularizers
 from kerastrain.regularizers import ElasticNet, apply
 
 _L2 = lambda f: lambda w: f * np.sum(w**2)  # noqa: E731
@@ -283,3 +283,28 @@ def test_apply_validation(trained, model, regularizer, include, match):
         model = {"cnn": trained, "layer": keras.layers.Dense(2)}[model]
     with pytest.raises(ValueError, match=match):
         apply(model, regularizer, include=include)
+
+
+def test_sparse_label_smoothing_is_keras_categorical_smoothing_on_integer_labels():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(6, 4)).astype("float32")
+    labels = np.array([0, 3, 1, 2, 2, 0])
+    plain = regularizers.SparseCategoricalCrossentropy(label_smoothing=0.0)
+    np.testing.assert_allclose(
+        float(plain(labels, logits)),
+        float(keras.losses.SparseCategoricalCrossentropy(from_logits=True)(labels, logits)),
+        rtol=1e-6)
+    smoothed = regularizers.SparseCategoricalCrossentropy(label_smoothing=0.2)
+    reference = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.2)
+    np.testing.assert_allclose(float(smoothed(labels[:, None], logits)),
+                               float(reference(np.eye(4)[labels], logits)), rtol=1e-6)
+    # By hand: targets 1 - s + s/k and s/k.
+    targets = np.full((6, 4), 0.05)
+    targets[np.arange(6), labels] = 0.85
+    log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    np.testing.assert_allclose(float(smoothed(labels, logits)),
+                               -(targets * log_p).sum(-1).mean(), rtol=1e-5)
+    restored = keras.losses.deserialize(keras.losses.serialize(smoothed))
+    assert restored.label_smoothing == 0.2 and restored.from_logits
+    with pytest.raises(ValueError, match="label_smoothing"):
+        regularizers.SparseCategoricalCrossentropy(label_smoothing=1.0)

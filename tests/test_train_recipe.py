@@ -160,6 +160,27 @@ def test_saved_backbone_is_the_feature_extractor(averaged_run, test_split):
     assert "classifier" not in [layer.name for layer in backbone.layers]
 
 
+def test_keras_applications_backbone_trains_from_scratch_and_saves_its_features(
+        tmp_path, test_split):
+    import kerastrain as kt
+
+    backbone_file = str(tmp_path / "backbone.keras")
+    config = dict(TINY, epochs=1, backbone="MobileNetV2", backbone_args='{"alpha": 0.35}',
+                  label_smoothing=0.1, augment="none", output_dir=str(tmp_path / "run"),
+                  save_backbone=backbone_file)
+    metrics = train.run(config)
+    assert 0 <= metrics["test_accuracy"] <= 1
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["backbone"] == "MobileNetV2" and saved["bn_momentum"] == 0.9
+    features = kt.transfer.backbone(None, weights=backbone_file)
+    assert features.output_shape == (None, 1280)  # MobileNetV2's last 1x1 conv
+    momenta = {layer.momentum for layer in features._flatten_layers()
+               if isinstance(layer, keras.layers.BatchNormalization)}
+    assert momenta == {0.9}
+    x, _ = test_split
+    assert np.isfinite(features.predict_on_batch(x[:4])).all()
+
+
 def test_ema_is_keras_use_ema_swapped_in_after_the_backup(tmp_path):
     config = recipe_flags.complete_config(dict(TINY, ema=True, ema_momentum=0.95),
                                     "recipes.train")
@@ -188,6 +209,11 @@ def test_ema_is_keras_use_ema_swapped_in_after_the_backup(tmp_path):
     (dict(export="ensemble"), "pass --snapshots=N"),
     (dict(export="final", ema=True), "pass --export=ema"),
     (dict(export="last"), "Invalid value for --export"),
+    (dict(backbone="MobileNetV9"), "Invalid value for --backbone: expected small_cnn or"),
+    (dict(backbone="MobileNetV2", backbone_args="[1]"), "--backbone_args: expected a JSON"),
+    (dict(bn_momentum=1.0), r"--bn_momentum: expected a number in \[0, 1\)"),
+    (dict(label_smoothing=-0.1), "--label_smoothing"),
+    (dict(resize=16), "--resize: expected a side of at least 32"),
 ])
 def test_bad_settings_exit_before_any_work(tmp_path, overrides, match):
     config = dict(TINY, output_dir=str(tmp_path / "run"), **overrides)

@@ -111,6 +111,23 @@ def test_bad_backbone_arguments_are_named(kwargs, error, match):
         transfer.backbone(**{"name": "MobileNetV3Small", **kwargs})
 
 
+def test_scratch_classifier_sets_every_batch_norm_momentum():
+    model = transfer.scratch_classifier("MobileNetV3Small", 3, (32, 32, 3),
+                                        minimalistic=True, dropout=0.1, seed=0)
+    layers = [layer for layer in model._flatten_layers()
+              if isinstance(layer, keras.layers.BatchNormalization)]
+    assert layers and {layer.momentum for layer in layers} == {0.9}
+    assert isinstance(model.get_layer("backbone"), keras.Model)
+    assert model.output_shape == (None, 3)
+    assert transfer.set_batch_norm_momentum(model, 0.5) == len(layers)
+    assert {layer.momentum for layer in layers} == {0.5}
+    # Keras' own momentum (0.999 for MobileNetV3) when asked to keep it.
+    kept = transfer.scratch_classifier("MobileNetV3Small", 3, bn_momentum=None,
+                                       minimalistic=True)
+    assert {layer.momentum for layer in kept._flatten_layers()
+            if isinstance(layer, keras.layers.BatchNormalization)} == {0.999}
+
+
 def test_keras_file_of_other_input_shape_is_refused(source_file):
     with pytest.raises(ValueError, match=r"pass input_shape=\(32, 32, 3\)"):
         transfer.backbone(None, (64, 64, 3), source_file)
@@ -273,7 +290,8 @@ def test_fine_tune_rejects_bad_arguments(source_file, target):
 def test_extract_features_keeps_labels_paired_and_shows_progress(source_file, target, capsys):
     backbone = transfer.backbone(None, (32, 32, 3), source_file)
     codes, labels = transfer.extract_features(backbone, target.train, verbose=1)
-    assert "batch" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "CNN codes: 8/8 batches" in out and "\r" not in out  # plain lines in a log
     assert codes.shape == (250, 32) and np.bincount(labels).tolist() == [50] * 5
     # A reshuffling dataset: each code still belongs to its own image.
     images = np.concatenate([x for x, _ in target.train.as_numpy_iterator()])

@@ -20,7 +20,8 @@ saved as `.keras` (`cut_backbone(model).save(path)`).
 from kerastrain.transfer.backbones import (PreprocessInput,
                                            WeightsNotAvailableError,
                                            available_names, backbone,
-                                           cut_backbone)
+                                           cut_backbone, scratch_classifier,
+                                           set_batch_norm_momentum)
 from kerastrain.transfer.codes import LinearProbe, check_codes, extract_features
 from kerastrain.schedules import ScaledSchedule  # noqa: F401  (its home is schedules)
 from kerastrain.transfer.finetune import (build_classifier, discriminative_optimizer,
@@ -28,7 +29,7 @@ from kerastrain.transfer.finetune import (build_classifier, discriminative_optim
 from kerastrain.transfer.unfreezing import (GradualUnfreezing, block_names,
                                             freeze_backbone, unfreeze)
 
-__all__ = ["backbone", "cut_backbone", "available_names", "PreprocessInput",
+__all__ = ["backbone", "cut_backbone", "scratch_classifier", "set_batch_norm_momentum", "available_names", "PreprocessInput",
            "WeightsNotAvailableError", "extract_features", "LinearProbe", "check_codes",
            "build_classifier", "freeze_backbone", "unfreeze", "block_names",
            "GradualUnfreezing", "discriminative_optimizer", "ScaledSchedule",

@@ -15,6 +15,7 @@ import warnings
 import keras
 
 from kerastrain import _checks
+from kerastrain.layers import InvertedDropout
 
 # Families whose models already rescale and normalise raw 0..255 inputs
 # (their `preprocess_input` is a documented no-op); adding it would be harmless
@@ -176,6 +177,82 @@ def cut_backbone(model, layer="features", name="backbone"):
                          f"{[l.name for l in model.layers]}") from err
     inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
     return keras.Model(inputs, output, name=name)
+
+
+def set_batch_norm_momentum(model, momentum):
+    """Sets the `momentum` of every `BatchNormalization` layer in `model`
+    (nested models included); returns how many layers were set.
+
+    `keras.applications` builds BatchNorm with momentum 0.99 or 0.999: the
+    moving statistics then average over the last ~100 or ~1,000 steps, so a
+    network trained from scratch for a few hundred steps evaluates with
+    statistics that are mostly its random start (a MobileNetV3Small trained on
+    a small set stays at chance in inference mode). 0.9 averages over ~10
+    steps. Set it before the model is compiled or fitted.
+
+    Args:
+        model: a Keras model.
+        momentum: the new momentum, in `[0, 1)`.
+
+    Returns:
+        The number of BatchNormalization layers changed.
+    """
+    momentum = _checks.check_real("momentum", momentum, 0, 1, high_open=True)
+    count = 0
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = momentum
+            count += 1
+    return count
+
+
+def scratch_classifier(name, num_classes, input_shape=(32, 32, 3), *, bn_momentum=0.9,
+                       dropout=0.0, resize=None, kernel_regularizer=None, seed=None,
+                       **kwargs):
+    """A `keras.applications` network with random weights and a new
+    classifier, to train from scratch (e.g. to make source weights).
+
+    `raw images -> backbone(name, weights=None) -> [InvertedDropout] -> logits`,
+    with the backbone as one nested model named `"backbone"` (its BatchNorm
+    layers train normally and use `bn_momentum`, see
+    `set_batch_norm_momentum`). Save the trained feature extractor with
+    `model.get_layer("backbone").save(path)` and fine-tune from it with
+    `backbone(None, weights=path)`.
+
+    Args:
+        name: a `keras.applications` model name.
+        num_classes: number of classes (>= 2).
+        input_shape: `(height, width, 3)` of the raw images. Defaults to
+            `(32, 32, 3)`.
+        bn_momentum: momentum of every BatchNorm layer, or `None` to keep
+            Keras' (0.99 or 0.999). Defaults to `0.9`.
+        dropout: `InvertedDropout` rate before the logits. Defaults to `0.0`.
+        resize: `(height, width)` (or one int) the backbone sees. Defaults to
+            `None` (see `backbone`).
+        kernel_regularizer: regularizer of the logits layer. Defaults to `None`.
+        seed: dropout seed. Defaults to `None`.
+        **kwargs: arguments of the application (`alpha`, `minimalistic`, ...).
+
+    Returns:
+        An uncompiled functional `keras.Model` outputting logits.
+
+    Example:
+
+    >>> model = scratch_classifier("MobileNetV2", 5, alpha=0.35)
+    >>> model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    """
+    _checks.check_int("num_classes", num_classes, minimum=2)
+    _checks.check_real("dropout", dropout, 0, 1, high_open=True)
+    features = backbone(name, input_shape, weights=None, resize=resize, **kwargs)
+    if bn_momentum is not None:
+        set_batch_norm_momentum(features, bn_momentum)
+    inputs = keras.Input(input_shape, name="images")
+    x = features(inputs)
+    if dropout:
+        x = InvertedDropout(dropout, seed=seed, name="dropout")(x)
+    logits = keras.layers.Dense(num_classes, kernel_regularizer=kernel_regularizer,
+                                name="logits")(x)
+    return keras.Model(inputs, logits, name="classifier")
 
 
 def available_names():
