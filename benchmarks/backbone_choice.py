@@ -1,6 +1,6 @@
 """Which keras.applications architecture to pretrain on 2 CPU cores.
 
-Trains each candidate from scratch with `recipes.train --backbone=NAME` (the
+Trains each candidate from scratch with `recipes.train --model=NAME` (the
 same recipe and flags as the source-weights run, at a smaller budget) on the
 source classes, and reports test accuracy against wall time, parameters and
 the size of the saved feature extractor (what the package would ship).
@@ -29,6 +29,7 @@ CANDIDATES = {
     "mobilenetv2_0.35_64px": ("MobileNetV2", {"alpha": 0.35}, 64),
     "mobilenetv2_1.0": ("MobileNetV2", {"alpha": 1.0}, None),
     "mobilenetv3small_minimalistic": ("MobileNetV3Small", {"minimalistic": True}, None),
+    "mobilenetv3small_minimalistic_64px": ("MobileNetV3Small", {"minimalistic": True}, 64),
     "mobilenetv3small": ("MobileNetV3Small", {}, None),
     "efficientnetb0": ("EfficientNetB0", {}, None),
     "resnet50v2": ("ResNet50V2", {}, None),
@@ -50,8 +51,8 @@ def _run(label, workdir):
     backbone_file = os.path.join(workdir, "backbone.keras")
     config = dict(
         data=FLAGS.data, classes=SOURCE, labels_per_class=FLAGS.candidate_labels,
-        batch_size=128, epochs=FLAGS.candidate_epochs, backbone=name,
-        backbone_args=json.dumps(arguments), resize=resize, optimizer="adam",
+        batch_size=128, epochs=FLAGS.candidate_epochs, model=name,
+        model_args=json.dumps(arguments), resize=resize, optimizer="adam",
         learning_rate=2e-3, schedule="cosine", warmup_epochs=1.0, label_smoothing=0.1,
         augment="standard", output_dir=os.path.join(workdir, "run"), verbose=2,
         save_backbone=backbone_file)
@@ -90,10 +91,16 @@ def main(argv):
     unknown = sorted(set(FLAGS.candidates) - set(CANDIDATES))
     if unknown:
         raise app.UsageError(f"Unknown --candidates {unknown}: choose from {list(CANDIDATES)}")
+    # Runs of other candidates at the same settings are kept in the table.
+    previous = pathlib.Path(FLAGS.results_dir) / "backbone_choice.json"
     results = {}
     settings = {"data": FLAGS.data, "labels_per_class": FLAGS.candidate_labels,
                 "epochs": FLAGS.candidate_epochs, "usable_cpus": len(os.sched_getaffinity(0)),
                 "python": platform.python_version()}
+    if previous.exists():
+        saved = json.loads(previous.read_text())
+        if saved["settings"] == settings:
+            results = {k: v for k, v in saved["results"].items() if k in CANDIDATES}
     for label in FLAGS.candidates:
         with tempfile.TemporaryDirectory() as workdir:
             results[label] = _run(label, workdir)

@@ -2,11 +2,13 @@
 
 On the embedded CIFAR-10 images, offline, in a few minutes on a laptop CPU:
 
-1. pretrain a small CNN on the source classes airplane, automobile, bird,
-   cat, deer (`recipes.train --save_backbone`; no ImageNet download needed);
+1. take the source weights shipped in the package (`cifar10-source`: a
+   `keras.applications` MobileNetV3Small trained from scratch on the
+   CIFAR-10 classes airplane, automobile, bird, cat, deer; no ImageNet
+   download needed);
 2. on the target classes dog, frog, horse, ship, truck, with only 50
    labelled images per class, train
-   - the same network from scratch (`recipes.train`),
+   - the same architecture from random weights (`recipes.train --model`),
    - a linear classifier on the pretrained CNN codes
      (`recipes.finetune --mode=features`),
    - the pretrained network fine-tuned in two phases
@@ -21,6 +23,7 @@ Each step is a recipe run with its own run directory under `--demo_dir`;
 `report.md` lists the equivalent command lines.
 """
 
+import json
 import os
 import shutil
 import time
@@ -41,17 +44,22 @@ flags.DEFINE_float("demo_epochs_scale", 1.0, "Multiplies every epoch count "
 
 SOURCE = ["airplane", "automobile", "bird", "cat", "deer"]
 TARGET = ["dog", "frog", "horse", "ship", "truck"]
-NETWORK = dict(width=32, blocks=3, batch_size=64, augment="standard",
-               schedule="cosine", learning_rate=3e-3, verbose=0)
+# The source weights shipped in the package: a keras.applications network
+# trained on SOURCE (kerastrain/weights/cifar10-source/manifest.json).
+WEIGHTS = "cifar10-source"
 FEW_SHOT = dict(classes=TARGET, labels_per_class=50, validation_fraction=0.0,
                 batch_size=32, augment="standard", verbose=0)
-# (name, recipe, settings); epochs are scaled by --demo_epochs_scale.
+# (name, recipe, settings); epochs are scaled by --demo_epochs_scale. The
+# scratch run gets the architecture of WEIGHTS from its manifest.
 RUNS = [
-    ("scratch", train, dict(NETWORK, **FEW_SHOT, epochs=40)),
-    ("linear probe", finetune, dict(FEW_SHOT, mode="features", probe_epochs=100)),
-    ("fine-tune", finetune, dict(FEW_SHOT, mode="finetune", epochs_head=10,
-                                 epochs_finetune=20, unfreeze=2, learning_rate=3e-3,
-                                 finetune_lr_factor=0.3, schedule="cosine")),
+    ("scratch", train, dict(FEW_SHOT, epochs=40, optimizer="adam", learning_rate=2e-3,
+                            schedule="cosine", warmup_epochs=2, label_smoothing=0.1)),
+    ("linear probe", finetune, dict(FEW_SHOT, mode="features", weights=WEIGHTS,
+                                    probe_epochs=100)),
+    ("fine-tune", finetune, dict(FEW_SHOT, mode="finetune", weights=WEIGHTS,
+                                 epochs_head=10, epochs_finetune=20, unfreeze=2,
+                                 learning_rate=3e-3, finetune_lr_factor=0.3,
+                                 schedule="cosine")),
 ]
 
 
@@ -59,8 +67,8 @@ def run(config):
     """Runs the demo as `config` (this recipe's flag values) says.
 
     Returns:
-        `(results, best)`: `{method: metrics}` (the source run included) and
-        the name of the method whose model is exported.
+        `(results, best)`: `{method: metrics}` and the name of the method
+        whose model is exported.
     """
     # Imported once the flags are parsed, so that --help answers at once.
     import kerastrain as kt
@@ -72,15 +80,10 @@ def run(config):
     if os.path.lexists(export_dir) and not kt.export.is_export(export_dir):
         raise ValueError(f"--demo_export_dir={export_dir!r} is not a kerastrain export, "
                          "which the demo would replace; choose another path.")
+    manifest = kt.transfer.read_weights_manifest(WEIGHTS)
     scale = lambda epochs: max(1, round(epochs * epochs_scale))  # noqa: E731
-    backbone = os.path.join(directory, "source", "backbone.keras")
     results, commands = {}, {}
-    source = dict(NETWORK, classes=SOURCE, epochs=scale(20), seed=seed,
-                  output_dir=os.path.join(directory, "source"), save_backbone=backbone)
     start = time.time()
-    print("source (pretraining) ...", flush=True)
-    results["source (pretraining)"] = train.run(source)
-    commands["source (pretraining)"] = _command(train, source)
     for name, recipe, settings in RUNS:
         run_config = dict(settings, seed=seed,
                           output_dir=os.path.join(directory, _slug(name)),
@@ -88,12 +91,13 @@ def run(config):
         for key in ("epochs", "epochs_head", "epochs_finetune", "probe_epochs"):
             if key in run_config:
                 run_config[key] = scale(run_config[key])
-        if recipe is finetune:
-            run_config["weights"] = backbone
+        if recipe is train:  # the same architecture, from random weights
+            run_config.update(model=manifest["architecture"],
+                              model_args=json.dumps(manifest["arguments"]))
         print(f"{name} ...", flush=True)
         results[name] = recipe.run(run_config)
         print(f"  test accuracy {results[name]['test_accuracy']:.3f}", flush=True)
-        commands[name] = _command(recipe, run_config)
+        commands[name] = recipe_flags.command(recipe.__name__, run_config)
     seconds = time.time() - start
     best = max((name for name, _, _ in RUNS), key=lambda n: results[n]["test_accuracy"])
     best_export = os.path.join(directory, _slug(best), "saved_model")
@@ -101,7 +105,7 @@ def run(config):
     kt.plots.comparison_bars(
         {name: results[name]["test_accuracy"] for name, _, _ in RUNS},
         os.path.join(directory, "comparison.png"), ylabel="test accuracy (target)")
-    _write_report(directory, results, commands, best, export_dir, seconds)
+    _write_report(directory, results, commands, best, export_dir, seconds, manifest)
     return results, best
 
 
@@ -115,14 +119,18 @@ def _table(results):
     return "\n".join(lines)
 
 
-def _write_report(directory, results, commands, best, export_dir, seconds):
-    target = {k: v for k, v in results.items() if k != "source (pretraining)"}
+def _write_report(directory, results, commands, best, export_dir, seconds, manifest):
+    target = results
+    arguments = ", ".join(f"{k}={v}" for k, v in manifest["arguments"].items())
     lines = [
         "# Transfer learning with 50 labels per class", "",
-        f"Source classes {', '.join(SOURCE)} (pretraining, all 450 training images "
-        f"per class); target classes {', '.join(TARGET)} with 50 labelled images per "
-        "class; test accuracy on the 100 test images per class. The source row is "
-        "measured on the source classes.", "",
+        f"Backbone: {manifest['architecture']}({arguments}) with the shipped source "
+        f"weights `{WEIGHTS}`, trained on {', '.join(manifest['class_names'])} "
+        f"({manifest['data']}; source test accuracy {manifest['source_test_accuracy']:.3f} "
+        f"on {manifest['source_test_images']} images). Target classes "
+        f"{', '.join(TARGET)} with 50 labelled images per class; test accuracy on the "
+        "100 test images per class. `scratch` is the same architecture from random "
+        "weights.", "",
         _table(results), "",
         f"Best on the target: **{best}**, exported to `{export_dir}`. "
         f"Total time {seconds / 60:.1f} min.", "",
@@ -134,22 +142,14 @@ def _write_report(directory, results, commands, best, export_dir, seconds):
                   f"![confusion matrix]({slug}/confusion_matrix.png)"
                   if os.path.exists(os.path.join(directory, slug, "confusion_matrix.png"))
                   else "", ""]
-    lines += ["## Commands", "", "```"] + [commands[n] for n in results] + ["```", ""]
+    lines += ["## Commands", "", "```", f"# source weights: {manifest['command']}"]
+    lines += [commands[n] for n in results] + ["```", ""]
     from kerastrain import _io
 
     path = os.path.join(directory, "report.md")
     _io.write_text(path, "\n".join(lines))
     _io.write_json(os.path.join(directory, "results.json"), results)
     return path
-
-
-def _command(recipe, config):
-    parts = [f"python -m {recipe.__name__}"]
-    for key, value in config.items():
-        if isinstance(value, list):
-            value = ",".join(value)
-        parts.append(f"--{key}={value}")
-    return " ".join(parts)
 
 
 def _slug(name):

@@ -72,7 +72,9 @@ flags.DEFINE_string("backbone", "MobileNetV3Small",
                     "--weights is a .keras file, which holds its architecture.")
 flags.DEFINE_string("weights", "imagenet",
                     "imagenet (Keras' download, needs network once), none "
-                    "(random init), or a .keras / .weights.h5 / .h5 file path.")
+                    "(random init), cifar10-source (shipped, 32x32 images), a "
+                    "source-weights directory (recipes.train --save_source_weights), "
+                    "or a .keras / .weights.h5 / .h5 file path.")
 flags.DEFINE_enum("mode", "finetune", ["features", "finetune"],
                   "features: linear classifier on frozen CNN codes; finetune: "
                   "new head, then the top blocks (two phases).")
@@ -117,7 +119,7 @@ def run(config):
     if config["mode"] == "finetune":
         recipe_flags.check_config(config, max(epochs[1], 1), auto_learning_rate=True)
     weights, name = config["weights"], config["backbone"]
-    if str(weights).endswith(".keras"):
+    if str(weights).endswith(".keras") or kt.transfer.source_weights.resolve(weights):
         name = None  # the file holds the architecture
     with strategy.scope():
         backbone = kt.transfer.backbone(name, data.image_shape, weights)

@@ -16,6 +16,7 @@ library's.
 import json
 import math
 import os
+import shlex
 import sys
 
 from absl import app
@@ -180,6 +181,21 @@ def flag_config(module="__main__"):
 def default_config(module):
     """The flag defaults of the recipe `module`, as a config dict."""
     return {f.name: f.default for f in _recipe_flags(module)}
+
+
+def command(module, config):
+    """The command line that runs the recipe `module` with `config`: its
+    flags that differ from their defaults (paths and lists as typed)."""
+    defaults = default_config(module)
+    parts = [f"python -m {module}"]
+    for key in sorted(config):
+        value = config[key]
+        if key in defaults and value == defaults[key]:
+            continue
+        if isinstance(value, (list, tuple)):
+            value = ",".join(str(v) for v in value)
+        parts.append(f"--{key}={shlex.quote(str(value))}")
+    return " ".join(parts)
 
 
 def complete_config(config, module):

@@ -1,6 +1,7 @@
 """Train an image classifier from scratch with kerastrain's techniques.
 
-Trains `kerastrain.models.small_cnn` on any data spec with a chosen
+Trains `kerastrain.models.small_cnn`, or any `keras.applications` network
+from random weights (`--model=MobileNetV3Small`), on any data spec with a chosen
 optimizer, learning-rate schedule, augmentation policy, dropout and
 L2/L1/elastic-net regularization, optionally averaging weights (SWA, EMA) or
 collecting a snapshot ensemble, under any `tf.distribute` strategy. Writes
@@ -14,6 +15,13 @@ the run directory of the recipe contract (`config.json`, `history.csv`,
     python -m recipes.train --swa_start=9 --swa_lr=0.01 --epochs=12
     python -m recipes.train --save_backbone=runs/source/backbone.keras \\
         --classes=airplane,automobile,bird,cat,deer
+    python -m recipes.train --model=MobileNetV3Small --label_smoothing=0.1 \\
+        --classes=airplane,automobile,bird,cat,deer --save_source_weights=runs/sw
+
+`--save_source_weights=DIR` writes the trained classifier with a manifest
+(architecture, data, this command, test accuracy, sha256): source weights
+that `recipes.finetune --weights=DIR` and `kerastrain.transfer.backbone`
+load.
 
 The run evaluates every model it made: the trained weights (`final`, or
 `ema` with `--ema`: Keras' `use_ema` leaves the moving average in the
@@ -42,17 +50,21 @@ flags.DEFINE_integer("epochs", 10, "Training epochs.")
 flags.DEFINE_string("save_backbone", None,
                     "Write the trained feature extractor (model without its "
                     "classifier) to this .keras file, for recipes.finetune --weights.")
-flags.DEFINE_string("backbone", "small_cnn",
+flags.DEFINE_string("save_source_weights", None,
+                    "Write the trained classifier and its manifest (architecture, "
+                    "data, this command, test accuracy, sha256) to this directory: "
+                    "source weights for recipes.finetune --weights=DIR.")
+flags.DEFINE_string("model", "small_cnn",
                     "small_cnn (--width, --blocks), or a keras.applications name "
                     "(MobileNetV2, EfficientNetB0, ...) trained from scratch "
                     "(weights=None).")
-flags.DEFINE_string("backbone_args", None,
+flags.DEFINE_string("model_args", None,
                     'JSON dict of the keras.applications arguments, e.g. \'{"alpha": 0.35}\'.')
 flags.DEFINE_integer("resize", None,
-                     "Side the keras.applications backbone sees (the images are "
+                     "Side the keras.applications model sees (the images are "
                      "resized inside the model). Default: the image size.")
 flags.DEFINE_float("bn_momentum", 0.9,
-                   "BatchNorm momentum of a keras.applications backbone (Keras "
+                   "BatchNorm momentum of a keras.applications model (Keras "
                    "builds 0.99/0.999, which needs thousands of steps to settle).")
 flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing of the cross-entropy.")
 
@@ -94,21 +106,39 @@ def run(config):
                           callbacks.logging)
     if config["save_backbone"]:
         run_dir.save_backbone(model, config["save_backbone"])
+    if config["save_source_weights"]:
+        _save_source_weights(model, config, data, metrics)
     run_dir.export_model(exported, config, data.class_names)
     return metrics
+
+
+def _save_source_weights(model, config, data, metrics):
+    """The trained weights (`final`/`ema`, not an average or ensemble) as
+    source weights, with the figure measured for them."""
+    from kerastrain.transfer import source_weights
+
+    name = "ema" if config["ema"] else "final"
+    manifest = source_weights.save(
+        model, config["save_source_weights"], architecture=config["model"],
+        arguments=recipe_flags.json_dict_flag(config, "model_args"),
+        class_names=data.class_names, data=config["data"],
+        command=recipe_flags.command(__name__, config),
+        test_accuracy=metrics[f"{name}_test_accuracy"], test_images=data.num_test)
+    print(f"Source weights in {config['save_source_weights']} (test accuracy "
+          f"{manifest['source_test_accuracy']:.4f}, sha256 {manifest['sha256'][:12]}...)")
 
 
 def _check(config):
     import kerastrain as kt
 
     recipe_flags.check_config(config, config["epochs"])
-    name = config["backbone"]
+    name = config["model"]
     names = kt.transfer.available_names()
     if name != "small_cnn" and name.lower() not in {n.lower() for n in names}:
-        raise ValueError(f"Invalid value for --backbone: expected small_cnn or a "
+        raise ValueError(f"Invalid value for --model: expected small_cnn or a "
                          f"keras.applications name ({', '.join(names[:6])}, ...), "
                          f"received {name!r}")
-    recipe_flags.json_dict_flag(config, "backbone_args")
+    recipe_flags.json_dict_flag(config, "model_args")
     for flag in ("bn_momentum", "label_smoothing"):
         if not 0 <= config[flag] < 1:
             raise ValueError(f"Invalid value for --{flag}: expected a number in "
@@ -122,18 +152,18 @@ def _model(config, data):
     import kerastrain as kt
     from recipes import common
 
-    if config["backbone"] == "small_cnn":
+    if config["model"] == "small_cnn":
         return kt.models.small_cnn(
             data.num_classes, input_shape=data.image_shape, width=config["width"],
             blocks=config["blocks"], dropout=config["dropout"],
             kernel_regularizer=common.regularizer(config))
     resize = config["resize"]
     return kt.transfer.scratch_classifier(
-        config["backbone"], data.num_classes, data.image_shape,
+        config["model"], data.num_classes, data.image_shape,
         bn_momentum=config["bn_momentum"], dropout=config["dropout"],
         resize=(resize, resize) if resize else None,
         kernel_regularizer=common.regularizer(config), seed=config["seed"],
-        **recipe_flags.json_dict_flag(config, "backbone_args"))
+        **recipe_flags.json_dict_flag(config, "model_args"))
 
 
 main = recipe_flags.main(run, __name__)

@@ -26,8 +26,12 @@ def test_demo_writes_report_and_exports_the_best_model(tmp_path):
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((runs / "results.json").read_text())
-    assert set(results) == {"source (pretraining)"} | set(RUN_DIRS)
+    assert set(results) == set(RUN_DIRS)
     report = (runs / "report.md").read_text()
+    # The scratch run is the shipped weights' architecture, from random weights.
+    scratch = json.loads((runs / "scratch" / "config.json").read_text())
+    assert scratch["model"] == "MobileNetV3Small"
+    assert "cifar10-source" in report and "python -m recipes.train" in report
     for method, run_dir in RUN_DIRS.items():
         assert f"| {method} |" in report and f"| {method} |" in result.stdout
         # results.json holds each run's own metrics.json.

@@ -14,7 +14,8 @@ Two ways to reuse a trained network on a new, small labelled set:
 
 `backbone(name, input_shape, weights)` gives any `keras.applications` model
 (raw 0..255 images in, its own preprocessing built in) or a feature extractor
-saved as `.keras` (`cut_backbone(model).save(path)`).
+saved as `.keras` (`cut_backbone(model).save(path)`), or source weights
+(`weights="cifar10-source"`, shipped in the package; `available_weights()`).
 """
 
 from kerastrain.transfer.backbones import (PreprocessInput,
@@ -22,6 +23,8 @@ from kerastrain.transfer.backbones import (PreprocessInput,
                                            available_names, backbone,
                                            cut_backbone, scratch_classifier,
                                            set_batch_norm_momentum)
+from kerastrain.transfer.source_weights import available_weights
+from kerastrain.transfer.source_weights import read_manifest as read_weights_manifest
 from kerastrain.transfer.codes import LinearProbe, check_codes, extract_features
 from kerastrain.schedules import ScaledSchedule  # noqa: F401  (its home is schedules)
 from kerastrain.transfer.finetune import (build_classifier, discriminative_optimizer,
@@ -29,7 +32,7 @@ from kerastrain.transfer.finetune import (build_classifier, discriminative_optim
 from kerastrain.transfer.unfreezing import (GradualUnfreezing, block_names,
                                             freeze_backbone, unfreeze)
 
-__all__ = ["backbone", "cut_backbone", "scratch_classifier", "set_batch_norm_momentum", "available_names", "PreprocessInput",
+__all__ = ["backbone", "cut_backbone", "available_weights", "read_weights_manifest", "scratch_classifier", "set_batch_norm_momentum", "available_names", "PreprocessInput",
            "WeightsNotAvailableError", "extract_features", "LinearProbe", "check_codes",
            "build_classifier", "freeze_backbone", "unfreeze", "block_names",
            "GradualUnfreezing", "discriminative_optimizer", "ScaledSchedule",

@@ -16,6 +16,7 @@ import keras
 
 from kerastrain import _checks
 from kerastrain.layers import InvertedDropout
+from kerastrain.transfer import source_weights
 
 # Families whose models already rescale and normalise raw 0..255 inputs
 # (their `preprocess_input` is a documented no-op); adding it would be harmless
@@ -97,7 +98,11 @@ def backbone(name, input_shape=(32, 32, 3), weights=None, *, pooling="avg",
             `cut_backbone(model).save(path)`), returned as it is; a
             `.weights.h5` file written by `backbone(...).save_weights(path)`;
             or a `.h5` weights file of the application itself (such as the
-            `*_notop.h5` file Keras downloads, copied from another machine).
+            `*_notop.h5` file Keras downloads, copied from another machine);
+            or source weights: the name of weights shipped in the package
+            (`"cifar10-source"`, see `available_weights()`) or a directory
+            written by `recipes.train --save_source_weights`, whose
+            feature extractor is returned after its sha256 is checked.
             Defaults to `None`.
         pooling: `"avg"`, `"max"` or `None` (feature maps). Defaults to `"avg"`.
         trainable: initial `trainable` flag of the model. Defaults to `True`.
@@ -126,6 +131,8 @@ def backbone(name, input_shape=(32, 32, 3), weights=None, *, pooling="avg",
     (None, 576)
     """
     _checks.check_choice("pooling", pooling, _POOLINGS)
+    if source_weights.resolve(weights) is not None:
+        return _load_source_weights(weights, name, input_shape, trainable)
     weights = _check_weights(weights)
     if weights is not None and weights.endswith(".keras"):
         return _load_keras_file(weights, name, input_shape, trainable)
@@ -277,11 +284,14 @@ def _check_weights(weights):
         return "imagenet"
     if not isinstance(weights, (str, os.PathLike)):
         raise ValueError("Invalid value for `weights`: expected None, 'none', "
-                         f"'imagenet' or a file path, received weights={weights!r}")
+                         f"'imagenet', {source_weights.available_weights()} or a file "
+                         f"path, received weights={weights!r}")
     path = os.fspath(weights)
     if not path.endswith((".keras", ".h5")):
         raise ValueError("Invalid value for `weights`: expected a `.keras`, "
-                         f"`.weights.h5` or `.h5` file, received weights={path!r}")
+                         "`.weights.h5` or `.h5` file, a source-weights directory or "
+                         f"the name of shipped weights {source_weights.available_weights()}, "
+                         f"received weights={path!r}")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Weights file {path!r} does not exist; pass an "
                                 "existing .keras/.weights.h5/.h5 file, "
@@ -318,6 +328,22 @@ def _build_base(cls, weights, input_shape, pooling, kwargs):
                 "copied into ~/.keras/models or passed directly) or "
                 "weights=None / 'none' for random init") from err
         raise
+
+
+def _load_source_weights(weights, name, input_shape, trainable):
+    manifest = source_weights.read_manifest(weights)
+    architecture = manifest["architecture"]
+    if name is not None and name.lower() != architecture.lower():
+        raise ValueError(f"The source weights {os.fspath(weights)!r} are a {architecture}, "
+                         f"received name={name!r}; pass name={architecture!r} or None")
+    saved = tuple(manifest["input_shape"])
+    if input_shape is not None and saved != tuple(input_shape):
+        raise ValueError(f"The source weights {os.fspath(weights)!r} take images of shape "
+                         f"{saved}, received input_shape={tuple(input_shape)}; pass "
+                         f"input_shape={saved} (resize the data to it)")
+    model = source_weights.feature_extractor(source_weights.load_classifier(weights))
+    model.trainable = trainable
+    return model
 
 
 def _load_keras_file(path, name, input_shape, trainable):
