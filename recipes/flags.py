@@ -187,7 +187,10 @@ def command(module, config):
     """The command line that runs the recipe `module` with `config`: its
     flags that differ from their defaults (paths and lists as typed)."""
     defaults = default_config(module)
-    parts = [f"python -m {module}"]
+    name = module
+    if module == "__main__":  # run as `python -m recipes.NAME`
+        name = getattr(getattr(sys.modules["__main__"], "__spec__", None), "name", module)
+    parts = [f"python -m {name}"]
     for key in sorted(config):
         value = config[key]
         if key in defaults and value == defaults[key]:

@@ -112,7 +112,11 @@ def save(classifier, directory, *, architecture, arguments, class_names, data, c
         The manifest.
     """
     path = os.path.join(directory, CLASSIFIER_FILE)
-    _io.atomic_write(path, classifier.save)
+    # The weights only: a copy without the optimizer (Adam's two slots per
+    # weight would triple the file).
+    copy = keras.models.clone_model(classifier)
+    copy.set_weights(classifier.get_weights())
+    _io.atomic_write(path, copy.save)
     import tensorflow as tf
 
     manifest = {
