@@ -341,7 +341,8 @@ def _load_source_weights(weights, name, input_shape, trainable):
         raise ValueError(f"The source weights {os.fspath(weights)!r} take images of shape "
                          f"{saved}, received input_shape={tuple(input_shape)}; pass "
                          f"input_shape={saved} (resize the data to it)")
-    model = source_weights.feature_extractor(source_weights.load_classifier(weights))
+    model = source_weights.feature_extractor(source_weights.load_classifier(weights),
+                                             manifest.get("feature_layer"))
     model.trainable = trainable
     return model
 

@@ -83,14 +83,36 @@ def load_classifier(weights):
     return keras.saving.load_model(path, compile=False)
 
 
-def feature_extractor(classifier):
+def feature_extractor(classifier, feature_layer=None):
     """The classifier's nested `backbone` model (a keras.applications
-    network), or its layers up to the pooled `features` (small_cnn)."""
+    network), or its layers up to the pooled `features` (small_cnn).
+
+    Args:
+        classifier: a source classifier.
+        feature_layer: a layer of the network inside the backbone where the
+            features are taken (average-pooled) instead of its top: the top
+            layers of a network trained on a few source classes are specific
+            to them, lower ones transfer better (see the manifest's
+            `feature_layer`). Defaults to `None` (the top).
+    """
     nested = {layer.name: layer for layer in classifier.layers}.get("backbone")
-    if isinstance(nested, keras.Model):
+    if not isinstance(nested, keras.Model):
+        from kerastrain.transfer.backbones import cut_backbone
+        return cut_backbone(classifier)
+    if feature_layer is None:
         return nested
-    from kerastrain.transfer.backbones import cut_backbone
-    return cut_backbone(classifier)
+    network = next(layer for layer in nested.layers if isinstance(layer, keras.Model))
+    trunk = keras.Model(network.input, network.get_layer(feature_layer).output,
+                        name=network.name)
+    inputs = keras.Input(nested.input_shape[1:], name="images")
+    x = inputs
+    for layer in nested.layers[1:]:  # resizing/preprocessing, then the network
+        if layer is network:
+            x = trunk(x)
+            break
+        x = layer(x)
+    outputs = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(inputs, outputs, name="backbone")
 
 
 def save(classifier, directory, *, architecture, arguments, class_names, data, command,
@@ -126,7 +148,7 @@ def save(classifier, directory, *, architecture, arguments, class_names, data, c
         "source_test_accuracy": round(float(test_accuracy), 4),
         "source_test_images": int(test_images), "file": CLASSIFIER_FILE,
         "bytes": os.path.getsize(path), "sha256": sha256(path),
-        "keras": keras.__version__, "tensorflow": tf.__version__}
+        "feature_layer": None, "keras": keras.__version__, "tensorflow": tf.__version__}
     _io.write_text(os.path.join(directory, MANIFEST_FILE),
                    json.dumps(manifest, indent=2) + "\n")
     return manifest
