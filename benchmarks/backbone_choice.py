@@ -1,6 +1,6 @@
 """Which keras.applications architecture to pretrain on 2 CPU cores.
 
-Trains each candidate from scratch with `recipes.train --model=NAME` (the
+Trains each candidate from scratch with `recipes.train --architecture=NAME` (the
 same recipe and flags as the source-weights run, at a smaller budget) on the
 source classes, and reports test accuracy against wall time, parameters and
 the size of the saved feature extractor (what the package would ship).
@@ -52,7 +52,7 @@ def _run(label, workdir):
     config = dict(
         data=FLAGS.data, classes=SOURCE, labels_per_class=FLAGS.candidate_labels,
         batch_size=128, epochs=FLAGS.candidate_epochs, model=name,
-        model_args=json.dumps(arguments), resize=resize, optimizer="adam",
+        architecture_args=json.dumps(arguments), resize=resize, optimizer="adam",
         learning_rate=2e-3, schedule="cosine", warmup_epochs=1.0, label_smoothing=0.1,
         augment="standard", output_dir=os.path.join(workdir, "run"), verbose=2,
         save_backbone=backbone_file)

@@ -8,7 +8,7 @@ On the embedded CIFAR-10 images, offline, in a few minutes on a laptop CPU:
    download needed);
 2. on the target classes dog, frog, horse, ship, truck, with only 50
    labelled images per class, train
-   - the same architecture from random weights (`recipes.train --model`),
+   - the same architecture from random weights (`recipes.train --architecture`),
    - a linear classifier on the pretrained CNN codes
      (`recipes.finetune --mode=features`),
    - the pretrained network fine-tuned in two phases
@@ -92,8 +92,8 @@ def run(config):
             if key in run_config:
                 run_config[key] = scale(run_config[key])
         if recipe is train:  # the same architecture, from random weights
-            run_config.update(model=manifest["architecture"],
-                              model_args=json.dumps(manifest["arguments"]))
+            run_config.update(architecture=manifest["architecture"],
+                              architecture_args=json.dumps(manifest["arguments"]))
         print(f"{name} ...", flush=True)
         results[name] = recipe.run(run_config)
         print(f"  test accuracy {results[name]['test_accuracy']:.3f}", flush=True)

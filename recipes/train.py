@@ -1,7 +1,7 @@
 """Train an image classifier from scratch with kerastrain's techniques.
 
 Trains `kerastrain.models.small_cnn`, or any `keras.applications` network
-from random weights (`--model=MobileNetV3Small`), on any data spec with a chosen
+from random weights (`--architecture=MobileNetV3Small`), on any data spec with a chosen
 optimizer, learning-rate schedule, augmentation policy, dropout and
 L2/L1/elastic-net regularization, optionally averaging weights (SWA, EMA) or
 collecting a snapshot ensemble, under any `tf.distribute` strategy. Writes
@@ -15,7 +15,7 @@ the run directory of the recipe contract (`config.json`, `history.csv`,
     python -m recipes.train --swa_start=9 --swa_lr=0.01 --epochs=12
     python -m recipes.train --save_backbone=runs/source/backbone.keras \\
         --classes=airplane,automobile,bird,cat,deer
-    python -m recipes.train --model=MobileNetV3Small --label_smoothing=0.1 \\
+    python -m recipes.train --architecture=MobileNetV3Small --label_smoothing=0.1 \\
         --classes=airplane,automobile,bird,cat,deer --save_source_weights=runs/sw
 
 `--save_source_weights=DIR` writes the trained classifier with a manifest
@@ -54,11 +54,11 @@ flags.DEFINE_string("save_source_weights", None,
                     "Write the trained classifier and its manifest (architecture, "
                     "data, this command, test accuracy, sha256) to this directory: "
                     "source weights for recipes.finetune --weights=DIR.")
-flags.DEFINE_string("model", "small_cnn",
+flags.DEFINE_string("architecture", "small_cnn",
                     "small_cnn (--width, --blocks), or a keras.applications name "
                     "(MobileNetV2, EfficientNetB0, ...) trained from scratch "
                     "(weights=None).")
-flags.DEFINE_string("model_args", None,
+flags.DEFINE_string("architecture_args", None,
                     'JSON dict of the keras.applications arguments, e.g. \'{"alpha": 0.35}\'.')
 flags.DEFINE_integer("resize", None,
                      "Side the keras.applications model sees (the images are "
@@ -119,8 +119,8 @@ def _save_source_weights(model, config, data, metrics):
 
     name = "ema" if config["ema"] else "final"
     manifest = source_weights.save(
-        model, config["save_source_weights"], architecture=config["model"],
-        arguments=recipe_flags.json_dict_flag(config, "model_args"),
+        model, config["save_source_weights"], architecture=config["architecture"],
+        arguments=recipe_flags.json_dict_flag(config, "architecture_args"),
         class_names=data.class_names, data=config["data"],
         command=recipe_flags.command(__name__, config),
         test_accuracy=metrics[f"{name}_test_accuracy"], test_images=data.num_test)
@@ -132,13 +132,13 @@ def _check(config):
     import kerastrain as kt
 
     recipe_flags.check_config(config, config["epochs"])
-    name = config["model"]
+    name = config["architecture"]
     names = kt.transfer.available_names()
     if name != "small_cnn" and name.lower() not in {n.lower() for n in names}:
-        raise ValueError(f"Invalid value for --model: expected small_cnn or a "
+        raise ValueError(f"Invalid value for --architecture: expected small_cnn or a "
                          f"keras.applications name ({', '.join(names[:6])}, ...), "
                          f"received {name!r}")
-    recipe_flags.json_dict_flag(config, "model_args")
+    recipe_flags.json_dict_flag(config, "architecture_args")
     for flag in ("bn_momentum", "label_smoothing"):
         if not 0 <= config[flag] < 1:
             raise ValueError(f"Invalid value for --{flag}: expected a number in "
@@ -152,18 +152,18 @@ def _model(config, data):
     import kerastrain as kt
     from recipes import common
 
-    if config["model"] == "small_cnn":
+    if config["architecture"] == "small_cnn":
         return kt.models.small_cnn(
             data.num_classes, input_shape=data.image_shape, width=config["width"],
             blocks=config["blocks"], dropout=config["dropout"],
             kernel_regularizer=common.regularizer(config))
     resize = config["resize"]
     return kt.transfer.scratch_classifier(
-        config["model"], data.num_classes, data.image_shape,
+        config["architecture"], data.num_classes, data.image_shape,
         bn_momentum=config["bn_momentum"], dropout=config["dropout"],
         resize=(resize, resize) if resize else None,
         kernel_regularizer=common.regularizer(config), seed=config["seed"],
-        **recipe_flags.json_dict_flag(config, "model_args"))
+        **recipe_flags.json_dict_flag(config, "architecture_args"))
 
 
 main = recipe_flags.main(run, __name__)

@@ -30,7 +30,7 @@ def test_demo_writes_report_and_exports_the_best_model(tmp_path):
     report = (runs / "report.md").read_text()
     # The scratch run is the shipped weights' architecture, from random weights.
     scratch = json.loads((runs / "scratch" / "config.json").read_text())
-    assert scratch["model"] == "MobileNetV3Small"
+    assert scratch["architecture"] == "MobileNetV3Small"
     assert "cifar10-source" in report and "python -m recipes.train" in report
     for method, run_dir in RUN_DIRS.items():
         assert f"| {method} |" in report and f"| {method} |" in result.stdout

@@ -165,13 +165,13 @@ def test_keras_applications_backbone_trains_from_scratch_and_saves_its_features(
     import kerastrain as kt
 
     backbone_file, source = str(tmp_path / "backbone.keras"), tmp_path / "source"
-    config = dict(TINY, epochs=1, model="MobileNetV2", model_args='{"alpha": 0.35}',
+    config = dict(TINY, epochs=1, architecture="MobileNetV2", architecture_args='{"alpha": 0.35}',
                   label_smoothing=0.1, augment="none", output_dir=str(tmp_path / "run"),
                   save_backbone=backbone_file, save_source_weights=str(source))
     metrics = train.run(config)
     assert 0 <= metrics["test_accuracy"] <= 1
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert saved["model"] == "MobileNetV2" and saved["bn_momentum"] == 0.9
+    assert saved["architecture"] == "MobileNetV2" and saved["bn_momentum"] == 0.9
     features = kt.transfer.backbone(None, weights=backbone_file)
     assert features.output_shape == (None, 1280)  # MobileNetV2's last 1x1 conv
     momenta = {layer.momentum for layer in features._flatten_layers()
@@ -186,7 +186,7 @@ def test_keras_applications_backbone_trains_from_scratch_and_saves_its_features(
     assert manifest["class_names"] == CLASSES and manifest["input_shape"] == [32, 32, 3]
     assert manifest["source_test_accuracy"] == round(metrics["final_test_accuracy"], 4)
     assert manifest["command"].startswith("python -m recipes.train ")
-    assert "--model=MobileNetV2" in manifest["command"]
+    assert "--architecture=MobileNetV2" in manifest["command"]
     assert "--label_smoothing=0.1" in manifest["command"]
     from_source = kt.transfer.backbone(None, (32, 32, 3), weights=str(source))
     np.testing.assert_allclose(from_source.predict_on_batch(x[:4]),
@@ -229,8 +229,8 @@ def test_ema_is_keras_use_ema_swapped_in_after_the_backup(tmp_path):
     (dict(export="ensemble"), "pass --snapshots=N"),
     (dict(export="final", ema=True), "pass --export=ema"),
     (dict(export="last"), "Invalid value for --export"),
-    (dict(model="MobileNetV9"), "Invalid value for --model: expected small_cnn or"),
-    (dict(model="MobileNetV2", model_args="[1]"), "--model_args: expected a JSON"),
+    (dict(architecture="MobileNetV9"), "Invalid value for --architecture: expected small_cnn or"),
+    (dict(architecture="MobileNetV2", architecture_args="[1]"), "--architecture_args: expected a JSON"),
     (dict(bn_momentum=1.0), r"--bn_momentum: expected a number in \[0, 1\)"),
     (dict(label_smoothing=-0.1), "--label_smoothing"),
     (dict(resize=16), "--resize: expected a side of at least 32"),
