@@ -51,7 +51,7 @@ def _run(label, workdir):
     backbone_file = os.path.join(workdir, "backbone.keras")
     config = dict(
         data=FLAGS.data, classes=SOURCE, labels_per_class=FLAGS.candidate_labels,
-        batch_size=128, epochs=FLAGS.candidate_epochs, model=name,
+        batch_size=128, epochs=FLAGS.candidate_epochs, architecture=name,
         architecture_args=json.dumps(arguments), resize=resize, optimizer="adam",
         learning_rate=2e-3, schedule="cosine", warmup_epochs=1.0, label_smoothing=0.1,
         augment="standard", output_dir=os.path.join(workdir, "run"), verbose=2,

@@ -270,7 +270,8 @@ class Augmentation(keras.layers.Layer):
         """Augments a dataset of batched `(uint8 images, labels, ...)` elements.
 
         Only the images change (same shape, uint8); the rest of each element
-        passes through. Batches are augmented in parallel, in order, each with
+        passes through. Batches are augmented in parallel, in order, and
+        prefetched (augmented while the model trains on earlier ones), each with
         its own seed drawn from `tf.data.Dataset.random(seed)`, which draws a
         fresh, reproducible sequence every epoch.
 
@@ -291,9 +292,10 @@ class Augmentation(keras.layers.Layer):
                 return (self.augment_batch(element[0], seed),) + element[1:]
             return self.augment_batch(element, seed)
 
+        # Prefetch: the next batches are augmented while the model trains.
         return tf.data.Dataset.zip(dataset, seeds).map(
             augment, num_parallel_calls=tf.data.AUTOTUNE
-        )
+        ).prefetch(tf.data.AUTOTUNE)
 
     # `training` defaults to False, as for `Dropout`: Keras' `model.export`
     # serves `model(x)` without it, and a served model must not augment.

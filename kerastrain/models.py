@@ -80,7 +80,8 @@ def small_cnn(
     if dropout:
         x = InvertedDropout(dropout, name="dropout")(x)
     outputs = keras.layers.Dense(
-        num_classes, kernel_regularizer=kernel_regularizer, name="classifier"
+        num_classes, kernel_regularizer=kernel_regularizer, dtype="float32",
+        name="classifier",
     )(x)
     return keras.Model(inputs, outputs, name=name)
 

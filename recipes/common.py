@@ -12,8 +12,10 @@ has parsed their flags.
 
 import math
 import os
+import typing
 
 import keras
+import tensorflow as tf
 
 import kerastrain as kt
 from kerastrain import _io
@@ -32,6 +34,48 @@ _SAME_QUANTITY = {"boundaries_epochs": "boundaries", "k_per_epoch": "k",
 _DEFAULT_EXPORTS = ("ensemble", "swa", "ema", "final")
 
 
+class Setup(typing.NamedTuple):
+    """What `start` makes of a recipe's config before any model exists.
+
+    Attributes:
+        config: the completed config (flag values, as `config.json` keeps).
+        strategy: the `tf.distribute` strategy of `--strategy`.
+        data: the `DataSplits`, batched at the global batch size.
+        steps_per_epoch: optimizer steps per epoch at the global batch.
+        global_batch_size: `--batch_size` times the replicas.
+        output_dir: the run directory.
+        learning_rate_factor: what `--learning_rate` and `--swa_lr` are
+            multiplied by for the replicas (`--lr_scaling`); 1.0 on one.
+        dtype_policy: the Keras dtype policy models are built under
+            (`--mixed_precision`), or `None` (float32).
+    """
+
+    config: dict
+    strategy: object
+    data: object
+    steps_per_epoch: int
+    global_batch_size: int
+    output_dir: str
+    learning_rate_factor: float
+    dtype_policy: object
+
+    def learning_rate(self, rate):
+        """`rate` (a flag's value) scaled for the replicas; `None` stays."""
+        return None if rate is None else rate * self.learning_rate_factor
+
+    def jit_compile(self):
+        """`--jit_compile` as Keras' `compile` takes it."""
+        return {"auto": "auto", "true": True, "false": False}[self.config["jit_compile"]]
+
+    def metrics(self, model):
+        """The scale-out figures `metrics.json` records for a run of `model`."""
+        return {"replicas": self.strategy.num_replicas_in_sync,
+                "global_batch_size": self.global_batch_size,
+                "learning_rate_factor": self.learning_rate_factor,
+                "dtype_policy": self.dtype_policy or "float32",
+                "jit_compile": bool(model.jit_compile)}
+
+
 def start(config, module, check, resumes=True):
     """The first steps of a training recipe's `run`, before any model exists.
 
@@ -39,19 +83,33 @@ def start(config, module, check, resumes=True):
     (`check(config)`), creates the `tf.distribute` strategy (before any other
     TensorFlow call, as multi-worker training needs), checks the run
     directory (`run_dir.check`), seeds every generator with `--seed` and
-    loads the data.
+    loads the data at the global batch size (`--batch_size` per replica).
 
     Returns:
-        `(config, strategy, data, steps_per_epoch, output_dir)`.
+        A `Setup`.
     """
     config = complete_config(config, module)
     check(config)
     distribution = strategy(config)
     output_dir = run_dir.check(config, resumes=resumes)
     keras.utils.set_random_seed(config["seed"])
-    data = load_data(config)
-    steps_per_epoch = -(-data.num_train // config["batch_size"])
-    return config, distribution, data, steps_per_epoch, output_dir
+    batch_size = kt.distribute.global_batch_size(config["batch_size"], distribution)
+    replicas = distribution.num_replicas_in_sync
+    factor = kt.distribute.learning_rate_factor(replicas, config["lr_scaling"])
+    if replicas > 1:
+        _io.say(f"Training on {replicas} replicas: global batch {batch_size} "
+                f"(--batch_size={config['batch_size']} per replica), learning "
+                f"rates x{factor:g} (--lr_scaling={config['lr_scaling']}).")
+    policy = None
+    if config["mixed_precision"]:
+        policy = kt.distribute.mixed_precision_policy(distribution)
+        if not tf.config.list_physical_devices("GPU") and policy == "mixed_float16":
+            _io.say("--mixed_precision on a CPU: mixed_float16 computes, but more "
+                    "slowly than float32; it is meant for GPUs and TPUs.")
+    data = load_data(config, batch_size)
+    steps_per_epoch = -(-data.num_train // batch_size)
+    return Setup(config, distribution, data, steps_per_epoch, batch_size, output_dir,
+                 factor, policy)
 
 
 def strategy(config):
@@ -60,11 +118,12 @@ def strategy(config):
     return kt.distribute.get_strategy(config["strategy"], tpu=tpu)
 
 
-def load_data(config):
-    """Loads the data spec of a config."""
+def load_data(config, batch_size=None):
+    """Loads the data spec of a config, batched at `batch_size` (default
+    `--batch_size`)."""
     return kt.data.load(
         config["data"], image_size=config.get("image_size"),
-        batch_size=config["batch_size"], classes=config.get("classes"),
+        batch_size=batch_size or config["batch_size"], classes=config.get("classes"),
         labels_per_class=config.get("labels_per_class"),
         validation_fraction=config["validation_fraction"], seed=config["seed"])
 
@@ -175,7 +234,7 @@ class TrainingCallbacks:
 
 
 def training_callbacks(config, data, schedule, steps_per_epoch, epochs, output_dir, *,
-                       first_epoch=0, resumes=True):
+                       first_epoch=0, resumes=True, learning_rate_factor=1.0):
     """The `TrainingCallbacks` of a config.
 
     Args:
@@ -192,6 +251,8 @@ def training_callbacks(config, data, schedule, steps_per_epoch, epochs, output_d
         resumes: whether the recipe resumes an interrupted run from a Keras
             backup in `output_dir/backup` (and SWA from its state file).
             Defaults to `True`.
+        learning_rate_factor: `--swa_lr`'s factor for the replicas
+            (`Setup.learning_rate_factor`). Defaults to `1.0`.
     """
     history = os.path.join(output_dir, "history.csv")
     if not (resumes and _io.isdir(os.path.join(output_dir, run_dir.BACKUP))):
@@ -205,7 +266,9 @@ def training_callbacks(config, data, schedule, steps_per_epoch, epochs, output_d
         state = os.path.join(output_dir, "swa_state.npz") if resumes else None
         swa = kt_callbacks.StochasticWeightAveraging(
             start_epoch=first_epoch + config["swa_start"],
-            swa_learning_rate=config.get("swa_lr"), bn_update_data=data.train,
+            swa_learning_rate=(None if config.get("swa_lr") is None
+                               else config["swa_lr"] * learning_rate_factor),
+            bn_update_data=data.train,
             state_path=state)
         averaging.append(swa)
     if config.get("snapshots"):

@@ -113,15 +113,15 @@ def run(config):
     from recipes import common
     from recipes import run_dir
 
-    config, strategy, data, steps_per_epoch, output_dir = common.start(
-        config, __name__, _check_config, resumes=False)
-    epochs = _phase_epochs(config, steps_per_epoch)
+    setup = common.start(config, __name__, _check_config, resumes=False)
+    config, data, output_dir = setup.config, setup.data, setup.output_dir
+    epochs = _phase_epochs(config, setup.steps_per_epoch)
     if config["mode"] == "finetune":
         recipe_flags.check_config(config, max(epochs[1], 1), auto_learning_rate=True)
     weights, name = config["weights"], config["backbone"]
     if str(weights).endswith(".keras") or kt.transfer.source_weights.resolve(weights):
         name = None  # the file holds the architecture
-    with strategy.scope():
+    with kt.distribute.dtype_policy(setup.dtype_policy), setup.strategy.scope():
         backbone = kt.transfer.backbone(name, data.image_shape, weights)
     kt.transfer.check_codes(backbone, data.train)  # dead codes train to chance
     if config["mode"] == "features":
@@ -129,7 +129,7 @@ def run(config):
             config, data, backbone, output_dir)
     else:
         exported, metrics, history, schedule, steps, logged = _finetune(
-            config, data, backbone, strategy, output_dir, steps_per_epoch, *epochs)
+            setup, backbone, *epochs)
     run_dir.write_outputs(output_dir, history, schedule, steps, metrics, logged)
     _confusion_matrix(exported, data, os.path.join(output_dir, "confusion_matrix.png"))
     run_dir.export_model(exported, config, data.class_names)
@@ -213,12 +213,13 @@ def _features(config, data, backbone, output_dir):
     return probe.to_model(backbone), metrics, history, probe.learning_rate, steps, ()
 
 
-def _finetune(config, data, backbone, strategy, output_dir, steps_per_epoch,
-              head_epochs, epochs):
+def _finetune(setup, backbone, head_epochs, epochs):
     import kerastrain as kt
     from recipes import common
 
-    with strategy.scope():
+    config, data, output_dir, steps_per_epoch = (
+        setup.config, setup.data, setup.output_dir, setup.steps_per_epoch)
+    with kt.distribute.dtype_policy(setup.dtype_policy), setup.strategy.scope():
         model = kt.transfer.build_classifier(
             backbone, data.num_classes, dropout=config["dropout"], seed=config["seed"],
             standardize_on=data.train)
@@ -230,15 +231,15 @@ def _finetune(config, data, backbone, strategy, output_dir, steps_per_epoch,
         optimizer["weight_decay"] = config["weight_decay"]
     augmentation = kt.augment.Augmentation.from_policy(config["augment"],
                                                        seed=config["seed"])
-    head_lr, range_test = _head_learning_rate(config, model, data, optimizer,
-                                              augmentation)
+    head_lr, range_test = _head_learning_rate(setup, model, optimizer, augmentation)
     schedule = kt.schedules.get(common.schedule_config(
         config, steps_per_epoch, max(epochs, 1),
         learning_rate=head_lr * config["finetune_lr_factor"]))
     # Phase 2's SWA and snapshots count epochs on from phase 1.
     callbacks = common.training_callbacks(
         config, data, schedule, steps_per_epoch, epochs, output_dir,
-        first_epoch=head_epochs, resumes=False)
+        first_epoch=head_epochs, resumes=False,
+        learning_rate_factor=setup.learning_rate_factor)
     start = time.time()
     head, tuned = kt.transfer.fine_tune(
         model, data, head_epochs=head_epochs, finetune_epochs=epochs,
@@ -247,7 +248,8 @@ def _finetune(config, data, backbone, strategy, output_dir, steps_per_epoch,
         finetune_lr=schedule, block_lr_decay=config["block_lr_decay"],
         optimizer=optimizer, ema_momentum=config["ema_momentum"] if config["ema"] else None,
         augmentation=augmentation, callbacks=callbacks.logging,
-        finetune_callbacks=callbacks.averaging, verbose=config["verbose"])
+        finetune_callbacks=callbacks.averaging, jit_compile=setup.jit_compile(),
+        verbose=config["verbose"])
     train_seconds = time.time() - start
     history = _merge(head, tuned)
     if range_test is not None:
@@ -259,19 +261,21 @@ def _finetune(config, data, backbone, strategy, output_dir, steps_per_epoch,
         metrics["head_validation_accuracy"] = head.history["val_accuracy"][-1]
     metrics.update(epochs=head_epochs + epochs, head_epochs=head_epochs,
                    finetune_epochs=epochs, head_learning_rate=head_lr,
-                   train_seconds=round(train_seconds, 1))
+                   train_seconds=round(train_seconds, 1), **setup.metrics(model))
     return (exported, metrics, history, schedule, max(epochs, 1) * steps_per_epoch,
             callbacks.logging)
 
 
-def _head_learning_rate(config, model, data, optimizer, augmentation):
-    """`(rate, None)` with `--learning_rate`; with `auto`, the LR range test's
-    suggestion for the head and the test (its plot goes to `lr_finder.png`)."""
+def _head_learning_rate(setup, model, optimizer, augmentation):
+    """`(rate, None)` with `--learning_rate` (scaled for the replicas); with
+    `auto`, the LR range test's suggestion for the head at the global batch
+    and the test (its plot goes to `lr_finder.png`)."""
     import kerastrain as kt
 
-    if config["learning_rate"] != "auto":
-        return float(config["learning_rate"]), None
-    result = kt.transfer.find_head_learning_rate(model, data, optimizer, augmentation)
+    if setup.config["learning_rate"] != "auto":
+        return setup.learning_rate(float(setup.config["learning_rate"])), None
+    result = kt.transfer.find_head_learning_rate(model, setup.data, optimizer,
+                                                 augmentation)
     if result.suggestion is None:
         raise RuntimeError(f"The LR range test on the head stopped after "
                            f"{len(result.losses)} steps ({result.stop_reason}) without "

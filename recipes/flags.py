@@ -31,6 +31,7 @@ CYCLIC_SCHEDULES = ("cyclical", "warm_restarts")
 REGULARIZERS = ("none", "l2", "l1", "elastic_net")
 AUGMENT_POLICIES = ("none", "light", "standard", "heavy")  # kt.augment.POLICIES
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")  # kt.distribute.STRATEGIES
+LR_SCALING = ("linear", "sqrt", "none")  # kt.distribute.LR_SCALING
 # The models a training run can export; `best` picks one on validation data.
 EXPORTS = ("best", "final", "ema", "swa", "ensemble")
 _GROUPS = {}  # flag group -> names of its flags, once defined
@@ -71,7 +72,8 @@ def _define_data_flags():
                          "Keep this many training images per class (few-shot).")
     flags.DEFINE_integer("image_size", None,
                          "Resize images to this square size (default: as stored).")
-    flags.DEFINE_integer("batch_size", 64, "Global batch size.")
+    flags.DEFINE_integer("batch_size", 64, "Images per replica per step; the global "
+                         "batch is this times the replicas of --strategy.")
     flags.DEFINE_float("validation_fraction", 0.1,
                        "Fraction of the training images held out for validation.")
     flags.DEFINE_integer("seed", 0, "Random seed for data order, init and augmentation.")
@@ -148,6 +150,17 @@ def _define_training_flags():
     flags.DEFINE_enum("strategy", "default", STRATEGIES, "tf.distribute strategy.")
     flags.DEFINE_string("tpu", None, "TPU name or address for --strategy=tpu "
                         "('local' on a TPU VM).")
+    flags.DEFINE_enum("lr_scaling", "linear", LR_SCALING,
+                      "How --learning_rate (and --swa_lr) scale with the replicas "
+                      "of --strategy: linear (x replicas, for the global batch "
+                      "--batch_size x replicas), sqrt, or none. One replica: no change.")
+    flags.DEFINE_bool("mixed_precision", False,
+                      "Compute in mixed precision: mixed_float16 on GPU, "
+                      "mixed_bfloat16 on TPU (variables, logits and the export "
+                      "stay float32). Slower on a CPU.")
+    flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"],
+                      "XLA-compile the training step (Keras compile's jit_compile; "
+                      "auto: on a GPU or TPU when every layer supports it).")
     flags.DEFINE_string("export_dir", None, "Write the SavedModel here; it replaces "
                         "only a previous kerastrain export.")
     flags.DEFINE_bool("overwrite_export", False, "Let --export_dir replace whatever "
@@ -270,7 +283,9 @@ def check_config(config, epochs, auto_learning_rate=False):
         raise ValueError(f"Invalid value for --epochs: expected an int >= 1, "
                          f"received epochs={epochs!r}")
     for name, choices in (("augment", AUGMENT_POLICIES), ("regularizer", REGULARIZERS),
-                          ("export", EXPORTS), ("strategy", STRATEGIES)):
+                          ("export", EXPORTS), ("strategy", STRATEGIES),
+                          ("lr_scaling", LR_SCALING),
+                          ("jit_compile", ("auto", "true", "false"))):
         if config[name] not in choices:
             raise ValueError(f"Invalid value for --{name}: expected one of "
                              f"{list(choices)}, received {config[name]!r}")

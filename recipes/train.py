@@ -78,20 +78,23 @@ def run(config):
     from recipes import common
     from recipes import run_dir
 
-    config, strategy, data, steps_per_epoch, output_dir = common.start(
-        config, __name__, _check)
+    setup = common.start(config, __name__, _check)
+    config, data, steps_per_epoch, output_dir = (
+        setup.config, setup.data, setup.steps_per_epoch, setup.output_dir)
     total_steps = steps_per_epoch * config["epochs"]
-    schedule = kt.schedules.get(
-        common.schedule_config(config, steps_per_epoch, config["epochs"]))
-    with strategy.scope():
+    schedule = kt.schedules.get(common.schedule_config(
+        config, steps_per_epoch, config["epochs"],
+        learning_rate=setup.learning_rate(config["learning_rate"])))
+    with kt.distribute.dtype_policy(setup.dtype_policy), setup.strategy.scope():
         model = _model(config, data)
         model.compile(optimizer=common.optimizer(config, schedule),
-                      loss=common.loss(config),
-                      metrics=["accuracy"])
+                      loss=common.loss(config), metrics=["accuracy"],
+                      jit_compile=setup.jit_compile())
     augmentation = kt.augment.Augmentation.from_policy(config["augment"],
                                                        seed=config["seed"])
     callbacks = common.training_callbacks(
-        config, data, schedule, steps_per_epoch, config["epochs"], output_dir)
+        config, data, schedule, steps_per_epoch, config["epochs"], output_dir,
+        learning_rate_factor=setup.learning_rate_factor)
     start = time.time()
     # shuffle=False: the dataset reshuffles itself every epoch.
     history = model.fit(augmentation.apply(data.train), validation_data=data.validation,
@@ -101,7 +104,8 @@ def run(config):
     common.check_finite(history)
     exported, metrics = common.evaluate(model, data, callbacks, ema=config["ema"],
                                         export=config["export"])
-    metrics.update(epochs=config["epochs"], train_seconds=round(train_seconds, 1))
+    metrics.update(epochs=config["epochs"], train_seconds=round(train_seconds, 1),
+                   **setup.metrics(model))
     run_dir.write_outputs(output_dir, history, schedule, total_steps, metrics,
                           callbacks.logging)
     if config["save_backbone"]:

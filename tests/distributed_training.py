@@ -1,6 +1,7 @@
 """One short training run under a `tf.distribute` strategy, for test_distribute.
 
     python tests/distributed_training.py STRATEGY OUTPUT.npz [--batch_norm | --sync_batch_norm]
+    python tests/distributed_training.py STRATEGY OUTPUT.npz --applications
 
 Trains a tiny `small_cnn` on two classes of `cifar10_mini` (128 images in
 a fixed order) for three epochs with `StochasticWeightAveraging` from
@@ -9,6 +10,10 @@ epoch 1 and writes the final
 the loss history to OUTPUT.npz, with the weights' paths. `--sync_batch_norm`
 uses BatchNorm with `synchronized=True`, whose batch statistics are those
 of the global batch, so that a replicated run trains like one device.
+`--applications` instead fine-tunes a keras.applications MobileNetV3Small
+(minimalistic; `kt.transfer.fine_tune`, one epoch of each phase, BatchNorm
+frozen) at a global batch of 32 images (16 per replica on two) and writes its
+losses, weights and probabilities on test images.
 `mirrored` replicates over two logical CPU
 devices; `multi_worker` reads the cluster from `TF_CONFIG`. Each strategy
 needs a fresh process: devices and collectives are fixed when TensorFlow
@@ -24,7 +29,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 
-def main(name, output, batch_norm, synchronized=False):
+def main(name, output, batch_norm, synchronized=False, applications=False):
     devices = None
     if name == "mirrored":
         cpu = tf.config.list_physical_devices("CPU")[0]
@@ -36,6 +41,8 @@ def main(name, output, batch_norm, synchronized=False):
     import kerastrain as kt  # noqa: PLC0415
 
     strategy = kt.distribute.get_strategy(name, devices=devices)
+    if applications:
+        return _fine_tune(strategy, output)
     keras.utils.set_random_seed(0)
     data = kt.data.load("cifar10_mini", classes=["airplane", "frog"],
                         labels_per_class=64, validation_fraction=0)
@@ -59,6 +66,35 @@ def main(name, output, batch_norm, synchronized=False):
              **{f"final_{i}": w for i, w in enumerate(swa.final_weights)})
 
 
+def _fine_tune(strategy, output):
+    """Two-phase fine-tuning of a keras.applications backbone under `strategy`."""
+    import keras  # noqa: PLC0415
+
+    import kerastrain as kt  # noqa: PLC0415
+
+    keras.utils.set_random_seed(0)
+    # A global batch of 32 either way: 32 on one device, 16 per replica on two.
+    batch_size = kt.distribute.global_batch_size(32 // strategy.num_replicas_in_sync,
+                                                 strategy)
+    data = kt.data.load("cifar10_mini", classes=["airplane", "frog"],
+                        labels_per_class=32, validation_fraction=0)
+    images, labels = (np.concatenate(a) for a in zip(*data.train.as_numpy_iterator()))
+    train = tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch_size)
+    with strategy.scope():
+        features = kt.transfer.backbone("MobileNetV3Small", (32, 32, 3), weights=None,
+                                        minimalistic=True)
+        model = kt.transfer.build_classifier(features, 2, seed=0)
+    head, tuned = kt.transfer.fine_tune(model, train, head_epochs=1, finetune_epochs=1,
+                                        head_lr=0.01, finetune_lr=0.001, optimizer="sgd",
+                                        verbose=0)
+    test_images = np.concatenate([x for x, _ in data.test.as_numpy_iterator()])[:8]
+    np.savez(output, replicas=strategy.num_replicas_in_sync, batch_size=batch_size,
+             loss=np.asarray(head.history["loss"] + tuned.history["loss"]),
+             predicted=keras.ops.convert_to_numpy(
+                 keras.ops.softmax(model.predict(test_images, verbose=0))),
+             **{f"weight_{i}": w for i, w in enumerate(model.get_weights())})
+
+
 def _synchronized(model):
     """The same model (same initial weights) with synchronized BatchNorm."""
     import keras  # noqa: PLC0415
@@ -77,4 +113,4 @@ def _synchronized(model):
 if __name__ == "__main__":
     flags = sys.argv[3:]
     main(sys.argv[1], sys.argv[2], "--batch_norm" in flags or "--sync_batch_norm" in flags,
-         synchronized="--sync_batch_norm" in flags)
+         synchronized="--sync_batch_norm" in flags, applications="--applications" in flags)

@@ -30,9 +30,12 @@ def _env(**extra):
 
 
 def _train(tmp_path, name, batch_norm=False):
-    """Runs the script; `batch_norm` is False, True or "sync" (synchronized)."""
-    output = tmp_path / f"{name}_{batch_norm}.npz"
-    flag = {False: [], True: ["--batch_norm"], "sync": ["--sync_batch_norm"]}[batch_norm]
+    """Runs the script; `batch_norm` is False, True, "sync" (synchronized) or
+    "applications" (fine-tunes a keras.applications backbone)."""
+    output = tmp_path / name / f"{batch_norm}.npz"
+    output.parent.mkdir(exist_ok=True)
+    flag = {False: [], True: ["--batch_norm"], "sync": ["--sync_batch_norm"],
+            "applications": ["--applications"]}[batch_norm]
     args = [sys.executable, SCRIPT, name, str(output)] + flag
     result = subprocess.run(args, env=_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -102,6 +105,34 @@ def test_mirrored_swa_with_batch_norm_matches_one_device(tmp_path):
     final = _weights(mirrored, "final")
     for i in statistics:
         assert not np.allclose(averaged[i], final[i], rtol=1e-3, atol=1e-4), paths[i]
+
+
+@pytest.mark.timeout(300)
+def test_mirrored_fine_tunes_a_keras_applications_backbone_like_one_device(tmp_path):
+    # BatchNorm frozen (inference mode) in both phases: the mean gradient over
+    # the global batch of 32 is the same on one device and on two replicas of
+    # 16, so the fine-tuned MobileNetV3Small and its predictions must agree.
+    single = _train(tmp_path, "default", batch_norm="applications")
+    mirrored = _train(tmp_path, "mirrored", batch_norm="applications")
+    assert int(single["replicas"]) == 1 and int(mirrored["replicas"]) == 2
+    assert int(single["batch_size"]) == int(mirrored["batch_size"]) == 32
+    assert np.all(np.isfinite(mirrored["loss"]))
+    np.testing.assert_allclose(mirrored["loss"], single["loss"], rtol=1e-4)
+    for a, b in zip(_weights(mirrored), _weights(single)):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(mirrored["predicted"], single["predicted"], atol=1e-4)
+
+
+def test_global_batch_and_learning_rate_scaling():
+    assert distribute.global_batch_size(16) == 16  # the default strategy: 1 replica
+    assert distribute.learning_rate_factor(1) == 1.0
+    assert distribute.learning_rate_factor(8) == 8.0
+    assert distribute.learning_rate_factor(4, "sqrt") == 2.0
+    assert distribute.learning_rate_factor(8, "none") == 1.0
+    with pytest.raises(ValueError, match="rule"):
+        distribute.learning_rate_factor(2, "quadratic")
+    with pytest.raises(ValueError, match="replicas"):
+        distribute.learning_rate_factor(0)
 
 
 @pytest.mark.timeout(300)

@@ -60,6 +60,7 @@ def test_tensorflow_start_up_lines_are_quiet(tmp_path):
 
 def test_flag_choices_match_the_library():
     assert recipe_flags.STRATEGIES == kt.distribute.STRATEGIES
+    assert recipe_flags.LR_SCALING == kt.distribute.LR_SCALING
     assert set(recipe_flags.AUGMENT_POLICIES) == set(kt.augment.POLICIES)
     schedules = {"step", "exponential", "inverse_time", "cosine", "cyclical",
                  "warm_restarts", "one_cycle", "constant"}

@@ -25,13 +25,15 @@ CLASSES = ["airplane", "frog", "truck"]
 TINY = dict(classes=CLASSES, labels_per_class=40, batch_size=32, epochs=4, width=8,
             blocks=2, learning_rate=3e-3, verbose=0)
 STEPS_PER_EPOCH = 4  # ceil(3 classes * 40 images / 32)
+# How the run ran (kerastrain.distribute, --mixed_precision, --jit_compile).
+RUN = {"replicas", "global_batch_size", "learning_rate_factor", "dtype_policy", "jit_compile"}
 # With --ema the trained weights are the moving average: `ema_`, not `final_`.
 CONTRACT_KEYS = {"exported_model", "export", "test_accuracy", "test_loss", "epochs",
                  "train_seconds", "validation_accuracy", "swa_test_accuracy",
                  "ema_test_accuracy", "ensemble_test_accuracy",
                  "last_snapshot_test_accuracy", "snapshot_test_accuracies",
                  "swa_validation_accuracy", "ema_validation_accuracy",
-                 "ensemble_validation_accuracy"}
+                 "ensemble_validation_accuracy"} | RUN
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +118,7 @@ def test_metrics_name_the_exported_model_and_every_other(tmp_path, test_split, c
     figures = {f"{name}_{split}_accuracy" for name in models
                for split in ("test", "validation")}
     assert set(metrics) == {"exported_model", "export", "test_accuracy", "test_loss",
-                            "validation_accuracy", "epochs", "train_seconds"} | figures
+                            "validation_accuracy", "epochs", "train_seconds"} | figures | RUN
     if exported == "best":  # --export=best: the best on validation data
         exported = max(models, key=lambda name: metrics[f"{name}_validation_accuracy"])
         assert "best on validation data" in capsys.readouterr().out

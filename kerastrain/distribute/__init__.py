@@ -2,7 +2,7 @@
 
 Keras trains under any `tf.distribute.Strategy`: build and compile the model
 inside `strategy.scope()` and call `fit` as usual; the batch size of the
-dataset is the global batch, split across replicas. This module only maps the
+dataset is the global batch, split across replicas. This module maps the
 names recipes accept (`--strategy=...`) to strategies, with the setup each
 one needs and a clear error when that setup is missing:
 
@@ -16,17 +16,27 @@ one needs and a clear error when that setup is missing:
   program start, before any other TensorFlow op.
 - `"tpu"`: `TPUStrategy` on a Cloud TPU found by `TPUClusterResolver`
   (`tpu="local"` on a TPU VM, else the TPU's name or `grpc://` address).
+
+and holds what scaling out changes in a training setup: the global batch of a
+per-replica batch (`global_batch_size`), the learning rate for it
+(`learning_rate_factor`: linear scaling, Goyal et al. 2017, or square root)
+and the mixed precision policy of the accelerator (`mixed_precision_policy`,
+built under `dtype_policy`).
 """
 
+import contextlib
 import json
+import math
 import os
 import warnings
 
+import keras
 import tensorflow as tf
 
 from kerastrain.distribute import _keras_compat
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+LR_SCALING = ("linear", "sqrt", "none")
 
 
 def get_strategy(name="default", *, devices=None, tpu=None):
@@ -75,6 +85,96 @@ def get_strategy(name="default", *, devices=None, tpu=None):
         # class; this subclass fixes the two `reduce` calls it fails in.
         return _keras_compat.MultiWorkerMirroredStrategy()
     return _tpu_strategy(tpu)
+
+
+def global_batch_size(batch_size, strategy=None):
+    """The global batch of `batch_size` images per replica of `strategy`.
+
+    Args:
+        batch_size: images per replica per step.
+        strategy: a `tf.distribute.Strategy`. Defaults to `None` (the current
+            one).
+
+    Returns:
+        `batch_size * strategy.num_replicas_in_sync`: the batch size to give
+        the dataset `fit` reads, which Keras splits across the replicas.
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    return int(batch_size) * strategy.num_replicas_in_sync
+
+
+def learning_rate_factor(replicas, rule="linear"):
+    """How much to scale a learning rate tuned on one replica for `replicas`.
+
+    With `replicas` times the batch, each step averages the gradient over
+    `replicas` times the images. `"linear"` (Goyal et al. 2017, "Accurate,
+    Large Minibatch SGD") multiplies the rate by `replicas`, which keeps SGD's
+    progress per image and is the usual rule with a warm-up; `"sqrt"` by
+    `sqrt(replicas)`, which keeps the gradient noise, often better for Adam;
+    `"none"` keeps the rate.
+
+    Args:
+        replicas: replicas in sync (`strategy.num_replicas_in_sync`).
+        rule: `"linear"`, `"sqrt"` or `"none"`. Defaults to `"linear"`.
+
+    Returns:
+        The factor, 1.0 on one replica.
+    """
+    if rule not in LR_SCALING:
+        raise ValueError(f"Invalid value for `rule`: expected one of {LR_SCALING}, "
+                         f"received rule={rule!r}")
+    if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
+        raise ValueError(f"Invalid value for `replicas`: expected an int >= 1, "
+                         f"received replicas={replicas!r}")
+    return {"linear": float(replicas), "sqrt": math.sqrt(replicas), "none": 1.0}[rule]
+
+
+def mixed_precision_policy(strategy=None):
+    """The Keras mixed precision policy for the accelerator of `strategy`.
+
+    `"mixed_bfloat16"` under a `TPUStrategy` (TPUs compute in bfloat16, no
+    loss scaling needed); `"mixed_float16"` otherwise (GPU tensor cores;
+    `compile` wraps the optimizer in a `LossScaleOptimizer`). Variables stay
+    float32 either way. On a CPU both are slower than float32.
+
+    Args:
+        strategy: a `tf.distribute.Strategy`. Defaults to `None` (the current
+            one).
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    tpu_classes = (tf.distribute.TPUStrategy,
+                   getattr(tf.distribute.experimental, "TPUStrategy", tf.distribute.TPUStrategy))
+    if isinstance(strategy, tpu_classes):
+        return "mixed_bfloat16"
+    return "mixed_float16"
+
+
+@contextlib.contextmanager
+def dtype_policy(policy):
+    """Layers built inside the block take the Keras dtype `policy`; the
+    global policy is restored on exit (Keras' own setter is process-wide).
+
+    kerastrain's classifiers keep their logits layer in float32, as the Keras
+    mixed precision guide advises, and exports serve float32 probabilities.
+
+    Args:
+        policy: a Keras dtype policy name (`"float32"`, `"mixed_float16"`,
+            `"mixed_bfloat16"`) or `None` (no change).
+
+    Example:
+
+    >>> with dtype_policy(mixed_precision_policy(strategy)), strategy.scope():
+    ...     model = kerastrain.models.small_cnn(10)
+    """
+    if policy is None:
+        yield
+        return
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def current_task():

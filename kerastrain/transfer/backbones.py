@@ -257,8 +257,9 @@ def scratch_classifier(name, num_classes, input_shape=(32, 32, 3), *, bn_momentu
     x = features(inputs)
     if dropout:
         x = InvertedDropout(dropout, seed=seed, name="dropout")(x)
+    # float32 logits under a mixed precision policy (the Keras guide's advice).
     logits = keras.layers.Dense(num_classes, kernel_regularizer=kernel_regularizer,
-                                name="logits")(x)
+                                dtype="float32", name="logits")(x)
     return keras.Model(inputs, logits, name="classifier")
 
 
@@ -343,6 +344,7 @@ def _load_source_weights(weights, name, input_shape, trainable):
                          f"input_shape={saved} (resize the data to it)")
     model = source_weights.feature_extractor(source_weights.load_classifier(weights),
                                              manifest.get("feature_layer"))
+    model = _under_global_policy(model)
     model.trainable = trainable
     return model
 
@@ -357,5 +359,32 @@ def _load_keras_file(path, name, input_shape, trainable):
         raise ValueError(f"The backbone in {path!r} takes images of shape "
                          f"{saved}, received input_shape={tuple(input_shape)}; "
                          f"pass input_shape={saved} (resize the data to it)")
+    model = _under_global_policy(model)
     model.trainable = trainable
     return model
+
+
+def _under_global_policy(model):
+    """`model` with its weights, rebuilt under the global dtype policy when
+    that is a mixed one: a `.keras` file restores the policy every layer was
+    saved with (float32), which would leave a mixed precision run computing
+    its backbone in float32."""
+    policy = keras.config.dtype_policy()
+    if policy.name == "float32":
+        return model
+    saved = keras.saving.serialize_keras_object(keras.dtype_policies.DTypePolicy("float32"))
+    wanted = keras.saving.serialize_keras_object(policy)
+
+    def swap(node):
+        if node == saved:
+            return wanted
+        if isinstance(node, dict):
+            return {key: swap(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [swap(value) for value in node]
+        return node
+
+    rebuilt = keras.saving.deserialize_keras_object(
+        swap(keras.saving.serialize_keras_object(model)))
+    rebuilt.set_weights(model.get_weights())
+    return rebuilt

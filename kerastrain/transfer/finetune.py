@@ -77,8 +77,9 @@ def build_classifier(backbone, num_classes, dropout=0.2, seed=None,
         x = _standardize(codes)(x)
     if dropout:
         x = keras.layers.Dropout(dropout, seed=seed, name="head_dropout")(x)
+    # float32 logits under a mixed precision policy (the Keras guide's advice).
     outputs = keras.layers.Dense(num_classes, kernel_initializer="zeros",
-                                 name="logits")(x)
+                                 dtype="float32", name="logits")(x)
     return keras.Model(inputs, outputs, name=name)
 
 
@@ -150,7 +151,7 @@ def fine_tune(model, data, *, validation_data=None, head_epochs=5,
               finetune_epochs=5, unfreeze_top=1, unit="blocks", gradual=False,
               head_lr=1e-3, finetune_lr=1e-4, block_lr_decay=None,
               optimizer="adam", ema_momentum=None, augmentation=None, callbacks=(),
-              finetune_callbacks=(), verbose=2):
+              finetune_callbacks=(), jit_compile="auto", verbose=2):
     """Runs phase 1 (head on a frozen backbone) then phase 2 (top blocks).
 
     Phase 1 freezes the backbone and compiles with `head_lr`; phase 2
@@ -187,6 +188,9 @@ def fine_tune(model, data, *, validation_data=None, head_epochs=5,
         callbacks: Keras callbacks for both phases. Defaults to `()`.
         finetune_callbacks: callbacks for phase 2 only (weight averaging,
             snapshots). Defaults to `()`.
+        jit_compile: Keras `compile`'s `jit_compile` for both phases (XLA;
+            `"auto"`: on a GPU or TPU when every layer supports it). Defaults
+            to `"auto"`.
         verbose: `fit` verbosity. Defaults to 2.
 
     Returns:
@@ -220,7 +224,8 @@ def fine_tune(model, data, *, validation_data=None, head_epochs=5,
     fit = dict(x=train, validation_data=validation, shuffle=False, verbose=verbose)
     head = tuned = None
     if head_epochs:
-        _compile(model, lambda: optimizers.build(optimizer, learning_rate=head_lr))
+        _compile(model, lambda: optimizers.build(optimizer, learning_rate=head_lr),
+                 jit_compile)
         head = model.fit(epochs=head_epochs, callbacks=list(callbacks), **fit)
     if finetune_epochs:
         unfreeze(model, top=unfreeze_top, unit=unit)
@@ -229,7 +234,8 @@ def fine_tune(model, data, *, validation_data=None, head_epochs=5,
         _compile(model, lambda: discriminative_optimizer(
             model, optimizer, finetune_lr, block_lr_decay)
             if block_lr_decay is not None
-            else optimizers.build(optimizer, learning_rate=finetune_lr, **ema))
+            else optimizers.build(optimizer, learning_rate=finetune_lr, **ema),
+            jit_compile)
         extra = [GradualUnfreezing(unfreeze_top, unit)] if gradual else []
         if ema:
             extra.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
@@ -279,12 +285,12 @@ def find_head_learning_rate(model, data, optimizer="adam", augmentation=None,
                                         steps=steps, verbose=0)
 
 
-def _compile(model, make_optimizer):
+def _compile(model, make_optimizer, jit_compile="auto"):
     # Optimizer variables must be created under the model's strategy.
     with model.distribute_strategy.scope():
         model.compile(make_optimizer(),
                       keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                      metrics=["accuracy"])
+                      metrics=["accuracy"], jit_compile=jit_compile)
 
 
 def _scaled(learning_rate, factor):
