@@ -34,7 +34,6 @@ import platform
 import time
 
 import keras
-import numpy as np
 import tensorflow as tf
 from absl import app, flags
 

@@ -1,6 +1,8 @@
 """kerastrain.transfer on real images: a backbone trained on five CIFAR-10
 classes (airplane, automobile, bird, cat, deer) transferred to the other five
-(dog, frog, horse, ship, truck) with 50 labels per class."""
+(dog, frog, horse, ship, truck) with 50 labels per class: a small CNN
+trained briefly in the fixture for the mechanics, the shipped
+`cifar10-source` weights for the claim that transfer beats scratch."""
 
 import os
 
@@ -15,22 +17,25 @@ from kerastrain import transfer
 SOURCE = ["airplane", "automobile", "bird", "cat", "deer"]
 TARGET = ["dog", "frog", "horse", "ship", "truck"]
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-# Measured over seeds 0-5 (the fixture's 10 source epochs, the settings of
-# test_transfer_beats_scratch_on_few_labels): test accuracy 0.63-0.68 for
-# the linear probe and 0.60-0.65 for fine-tuning (16 epochs), 0.38-0.53 from
-# scratch (30 epochs); the weakest seeds win by 0.096 and 0.070.
+# Measured over seeds 0-2 with the settings of
+# test_transfer_beats_scratch_on_few_labels: scratch 0.492 / 0.486 / 0.554,
+# linear probe on the shipped weights 0.668 / 0.600 / 0.630, fine-tuning
+# 0.722 / 0.696 / 0.706; the weakest margins: probe - scratch 0.076,
+# fine-tune - probe 0.054.
 MARGIN = 0.05
+FINETUNE_OVER_PROBE = 0.03
 
 
 @pytest.fixture(scope="module")
 def source_file(tmp_path_factory):
-    """A small CNN trained on the source classes, cut to its feature extractor."""
+    """A small CNN trained on the source classes, cut to its feature extractor
+    (two epochs: these tests check what fine-tuning changes, not how well)."""
     keras.utils.set_random_seed(0)
     data = kt.data.load("cifar10_mini", classes=SOURCE, validation_fraction=0,
                         batch_size=64, seed=0)
     model = kt.models.small_cnn(5, width=16, blocks=2)
     model.compile(keras.optimizers.Adam(3e-3), LOSS, metrics=["accuracy"])
-    model.fit(data.train, epochs=10, shuffle=False, verbose=0)
+    model.fit(data.train, epochs=2, shuffle=False, verbose=0)
     path = str(tmp_path_factory.mktemp("source") / "backbone.keras")
     transfer.cut_backbone(model).save(path)
     return path
@@ -313,14 +318,14 @@ def test_linear_probe_validates_its_inputs():
 # -- the effect: transfer beats training from scratch on 50 labels per class ------
 
 
-def test_transfer_beats_scratch_on_few_labels(source_file, target):
+def test_transfer_beats_scratch_on_few_labels(target):
     keras.utils.set_random_seed(0)
     scratch = kt.models.small_cnn(5, width=16, blocks=2)
     scratch.compile(keras.optimizers.Adam(3e-3), LOSS, metrics=["accuracy"])
     scratch.fit(target.train, epochs=30, shuffle=False, verbose=0)
     scratch_accuracy = scratch.evaluate(target.test, verbose=0)[1]
 
-    backbone = transfer.backbone(None, (32, 32, 3), source_file)
+    backbone = transfer.backbone(None, (32, 32, 3), "cifar10-source")
     train_codes = transfer.extract_features(backbone, target.train, verbose=0)
     test_codes = transfer.extract_features(backbone, target.test, verbose=0)
     probe = transfer.LinearProbe(5, seed=0).fit(*train_codes)
@@ -330,14 +335,16 @@ def test_transfer_beats_scratch_on_few_labels(source_file, target):
         probe_accuracy, abs=1e-6)
 
     keras.utils.set_random_seed(0)
-    model = _classifier(source_file, dropout=0.2)
-    transfer.fine_tune(model, target.train, head_epochs=8, finetune_epochs=8,
-                       unfreeze_top=1, head_lr=1e-2, finetune_lr=1e-3, verbose=0)
+    model = transfer.build_classifier(
+        transfer.backbone(None, (32, 32, 3), "cifar10-source"), 5, dropout=0.2, seed=0,
+        standardize_on=target.train)
+    transfer.fine_tune(model, target.train, head_epochs=5, finetune_epochs=5,
+                       unfreeze_top=2, head_lr=1e-2, finetune_lr=1e-3, verbose=0)
     finetune_accuracy = model.evaluate(target.test, verbose=0)[1]
     print(f"scratch {scratch_accuracy:.3f}  probe {probe_accuracy:.3f}  "
           f"fine-tune {finetune_accuracy:.3f}")
     assert probe_accuracy > scratch_accuracy + MARGIN
-    assert finetune_accuracy > scratch_accuracy + MARGIN
+    assert finetune_accuracy > probe_accuracy + FINETUNE_OVER_PROBE
 
 
 # -- dead CNN codes ----------------------------------------------------------------
