@@ -1,7 +1,7 @@
 """One short training run under a `tf.distribute` strategy, for test_distribute.
 
-    python tests/distributed_training.py STRATEGY OUTPUT.npz [--batch_norm | --sync_batch_norm]
-    python tests/distributed_training.py STRATEGY OUTPUT.npz --applications
+    python tests/distributed_training.py STRATEGY[,STRATEGY] OUTPUT.npz [--batch_norm | --sync_batch_norm]
+    python tests/distributed_training.py STRATEGY[,STRATEGY] OUTPUT.npz --applications
 
 Trains a tiny `small_cnn` on two classes of `cifar10_mini` (128 images in
 a fixed order) for three epochs with `StochasticWeightAveraging` from
@@ -11,13 +11,14 @@ the loss history to OUTPUT.npz, with the weights' paths. `--sync_batch_norm`
 uses BatchNorm with `synchronized=True`, whose batch statistics are those
 of the global batch, so that a replicated run trains like one device.
 `--applications` instead fine-tunes a keras.applications MobileNetV3Small
-(minimalistic; `kt.transfer.fine_tune`, one epoch of each phase, BatchNorm
-frozen) at a global batch of 32 images (16 per replica on two) and writes its
+(minimalistic; two epochs of `kt.transfer.fine_tune`'s phase 2: the top
+block and the head train, BatchNorm frozen) at a global batch of 32 images (16 per replica on two) and writes its
 losses, weights and probabilities on test images.
 `mirrored` replicates over two logical CPU
-devices; `multi_worker` reads the cluster from `TF_CONFIG`. Each strategy
-needs a fresh process: devices and collectives are fixed when TensorFlow
-starts.
+devices; `multi_worker` reads the cluster from `TF_CONFIG`. Devices and
+collectives are fixed when TensorFlow starts, so a process sets them up once:
+`default,mirrored` trains under each in turn (the default strategy on the
+first logical CPU) and writes OUTPUT_default.npz and OUTPUT_mirrored.npz.
 """
 
 import os
@@ -29,20 +30,29 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 
-def main(name, output, batch_norm, synchronized=False, applications=False):
-    devices = None
-    if name == "mirrored":
+def main(names, output, batch_norm, synchronized=False, applications=False):
+    if "mirrored" in names:
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        devices = ["/cpu:0", "/cpu:1"]
-    import keras  # noqa: PLC0415 (after the device setup)
+    import kerastrain as kt  # noqa: PLC0415 (after the device setup)
+
+    for name in names:
+        devices = ["/cpu:0", "/cpu:1"] if name == "mirrored" else None
+        strategy = kt.distribute.get_strategy(name, devices=devices)
+        path = output if len(names) == 1 else output.replace(".npz", f"_{name}.npz")
+        if applications:
+            _fine_tune(strategy, path)
+        else:
+            _train(strategy, path, batch_norm, synchronized)
+
+
+def _train(strategy, output, batch_norm, synchronized):
+    """A small CNN with SWA under `strategy`."""
+    import keras  # noqa: PLC0415
 
     import kerastrain as kt  # noqa: PLC0415
 
-    strategy = kt.distribute.get_strategy(name, devices=devices)
-    if applications:
-        return _fine_tune(strategy, output)
     keras.utils.set_random_seed(0)
     data = kt.data.load("cifar10_mini", classes=["airplane", "frog"],
                         labels_per_class=64, validation_fraction=0)
@@ -84,12 +94,12 @@ def _fine_tune(strategy, output):
         features = kt.transfer.backbone("MobileNetV3Small", (32, 32, 3), weights=None,
                                         minimalistic=True)
         model = kt.transfer.build_classifier(features, 2, seed=0)
-    head, tuned = kt.transfer.fine_tune(model, train, head_epochs=1, finetune_epochs=1,
-                                        head_lr=0.01, finetune_lr=0.001, optimizer="sgd",
-                                        verbose=0)
+    # Phase 2 only (the top blocks and the head train, BatchNorm frozen).
+    _, tuned = kt.transfer.fine_tune(model, train, head_epochs=0, finetune_epochs=2,
+                                     finetune_lr=0.01, optimizer="sgd", verbose=0)
     test_images = np.concatenate([x for x, _ in data.test.as_numpy_iterator()])[:8]
     np.savez(output, replicas=strategy.num_replicas_in_sync, batch_size=batch_size,
-             loss=np.asarray(head.history["loss"] + tuned.history["loss"]),
+             loss=np.asarray(tuned.history["loss"]),
              predicted=keras.ops.convert_to_numpy(
                  keras.ops.softmax(model.predict(test_images, verbose=0))),
              **{f"weight_{i}": w for i, w in enumerate(model.get_weights())})
@@ -112,5 +122,5 @@ def _synchronized(model):
 
 if __name__ == "__main__":
     flags = sys.argv[3:]
-    main(sys.argv[1], sys.argv[2], "--batch_norm" in flags or "--sync_batch_norm" in flags,
+    main(sys.argv[1].split(","), sys.argv[2], "--batch_norm" in flags or "--sync_batch_norm" in flags,
          synchronized="--sync_batch_norm" in flags, applications="--applications" in flags)

@@ -167,15 +167,16 @@ def test_keras_applications_backbone_trains_from_scratch_and_saves_its_features(
     import kerastrain as kt
 
     backbone_file, source = str(tmp_path / "backbone.keras"), tmp_path / "source"
-    config = dict(TINY, epochs=1, architecture="MobileNetV2", architecture_args='{"alpha": 0.35}',
+    config = dict(TINY, epochs=1, architecture="MobileNetV3Small",
+                  architecture_args='{"minimalistic": true}',
                   label_smoothing=0.1, augment="none", output_dir=str(tmp_path / "run"),
                   save_backbone=backbone_file, save_source_weights=str(source))
     metrics = train.run(config)
     assert 0 <= metrics["test_accuracy"] <= 1
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert saved["architecture"] == "MobileNetV2" and saved["bn_momentum"] == 0.9
+    assert saved["architecture"] == "MobileNetV3Small" and saved["bn_momentum"] == 0.9
     features = kt.transfer.backbone(None, weights=backbone_file)
-    assert features.output_shape == (None, 1280)  # MobileNetV2's last 1x1 conv
+    assert features.output_shape == (None, 576)  # MobileNetV3Small's last 1x1 conv
     momenta = {layer.momentum for layer in features._flatten_layers()
                if isinstance(layer, keras.layers.BatchNormalization)}
     assert momenta == {0.9}
@@ -184,16 +185,17 @@ def test_keras_applications_backbone_trains_from_scratch_and_saves_its_features(
 
     # Source weights: the classifier and a manifest that says how it was made.
     manifest = kt.transfer.read_weights_manifest(str(source))
-    assert manifest["architecture"] == "MobileNetV2" and manifest["arguments"] == {"alpha": 0.35}
+    assert manifest["architecture"] == "MobileNetV3Small"
+    assert manifest["arguments"] == {"minimalistic": True}
     assert manifest["class_names"] == CLASSES and manifest["input_shape"] == [32, 32, 3]
     assert manifest["source_test_accuracy"] == round(metrics["final_test_accuracy"], 4)
     assert manifest["command"].startswith("python -m recipes.train ")
-    assert "--architecture=MobileNetV2" in manifest["command"]
+    assert "--architecture=MobileNetV3Small" in manifest["command"]
     assert "--label_smoothing=0.1" in manifest["command"]
     from_source = kt.transfer.backbone(None, (32, 32, 3), weights=str(source))
     np.testing.assert_allclose(from_source.predict_on_batch(x[:4]),
                                features.predict_on_batch(x[:4]), atol=1e-5)
-    with pytest.raises(ValueError, match="are a MobileNetV2, received name='ResNet50'"):
+    with pytest.raises(ValueError, match="are a MobileNetV3Small, received name='ResNet50'"):
         kt.transfer.backbone("ResNet50", (32, 32, 3), weights=str(source))
     with pytest.raises(ValueError, match=r"take images of shape \(32, 32, 3\)"):
         kt.transfer.backbone(None, (64, 64, 3), weights=str(source))
