@@ -11,7 +11,7 @@ the loss history to OUTPUT.npz, with the weights' paths. `--sync_batch_norm`
 uses BatchNorm with `synchronized=True`, whose batch statistics are those
 of the global batch, so that a replicated run trains like one device.
 `--applications` instead fine-tunes a keras.applications MobileNetV3Small
-(minimalistic; two epochs of `kt.transfer.fine_tune`'s phase 2: the top
+(the shipped `cifar10-source` weights; two epochs of `kt.transfer.fine_tune`'s phase 2: the top
 block and the head train, BatchNorm frozen) at a global batch of 32 images (16 per replica on two) and writes its
 losses, weights and probabilities on test images.
 `mirrored` replicates over two logical CPU
@@ -91,14 +91,16 @@ def _fine_tune(strategy, output):
     images, labels = (np.concatenate(a) for a in zip(*data.train.as_numpy_iterator()))
     train = tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch_size)
     with strategy.scope():
-        features = kt.transfer.backbone("MobileNetV3Small", (32, 32, 3), weights=None,
-                                        minimalistic=True)
-        model = kt.transfer.build_classifier(features, 2, seed=0)
+        # Random weights give constant codes (nothing would train): the
+        # shipped source weights.
+        features = kt.transfer.backbone(None, (32, 32, 3), weights="cifar10-source")
+        model = kt.transfer.build_classifier(features, 2, dropout=0.0, seed=0)  # no masks
     # Phase 2 only (the top blocks and the head train, BatchNorm frozen).
     _, tuned = kt.transfer.fine_tune(model, train, head_epochs=0, finetune_epochs=2,
                                      finetune_lr=0.01, optimizer="sgd", verbose=0)
     test_images = np.concatenate([x for x, _ in data.test.as_numpy_iterator()])[:8]
     np.savez(output, replicas=strategy.num_replicas_in_sync, batch_size=batch_size,
+             paths=np.asarray([v.path for v in model.weights]),
              loss=np.asarray(tuned.history["loss"]),
              predicted=keras.ops.convert_to_numpy(
                  keras.ops.softmax(model.predict(test_images, verbose=0))),
