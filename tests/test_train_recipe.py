@@ -106,7 +106,7 @@ def test_metrics_hold_every_averaging_variant(averaged_run):
 
 
 @pytest.mark.parametrize("overrides, exported, models", [
-    ({}, "final", {"final"}),
+    (dict(jit_compile="true"), "final", {"final"}),  # XLA-compiled steps, on CPU too
     (dict(ema=True, ema_momentum=0.9), "ema", {"ema"}),
     (dict(swa_start=2), "best", {"swa", "final"}),
 ])
@@ -123,6 +123,7 @@ def test_metrics_name_the_exported_model_and_every_other(tmp_path, test_split, c
         exported = max(models, key=lambda name: metrics[f"{name}_validation_accuracy"])
         assert "best on validation data" in capsys.readouterr().out
     assert metrics["exported_model"] == exported and metrics["export"] == "best"
+    assert metrics["jit_compile"] == (overrides.get("jit_compile") == "true")
     # test_accuracy is the exported model's figure, which the SavedModel reproduces.
     assert metrics["test_accuracy"] == metrics[f"{exported}_test_accuracy"]
     assert metrics["validation_accuracy"] == metrics[f"{exported}_validation_accuracy"]
