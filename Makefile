@@ -23,6 +23,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.augment_throughput
 	$(PY) -m benchmarks.callback_overhead
 	$(PY) -m benchmarks.averaging
+	$(PY) -m benchmarks.step_rate
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -41,6 +41,8 @@ flags.DEFINE_string("demo_export_dir", "saved_models/transfer_demo",
 flags.DEFINE_integer("demo_seed", 0, "Seed of every run.")
 flags.DEFINE_float("demo_epochs_scale", 1.0, "Multiplies every epoch count "
                    "(0.2 for a quick smoke run).")
+flags.DEFINE_list("demo_methods", ["scratch", "linear_probe", "fine_tune"],
+                  "Which of the three runs to make (scratch is the slowest).")
 
 SOURCE = ["airplane", "automobile", "bird", "cat", "deer"]
 TARGET = ["dog", "frog", "horse", "ship", "truck"]
@@ -81,32 +83,45 @@ def run(config):
         raise ValueError(f"--demo_export_dir={export_dir!r} is not a kerastrain export, "
                          "which the demo would replace; choose another path.")
     manifest = kt.transfer.read_weights_manifest(WEIGHTS)
-    scale = lambda epochs: max(1, round(epochs * epochs_scale))  # noqa: E731
+    runs = [run for run in RUNS if _slug(run[0]) in config["demo_methods"]]
+    unknown = sorted(set(config["demo_methods"]) - {_slug(name) for name, _, _ in RUNS})
+    if unknown or not runs:
+        raise ValueError(f"Invalid value for --demo_methods: expected some of "
+                         f"{[_slug(name) for name, _, _ in RUNS]}, received "
+                         f"{config['demo_methods']!r}")
     results, commands = {}, {}
     start = time.time()
-    for name, recipe, settings in RUNS:
-        run_config = dict(settings, seed=seed,
-                          output_dir=os.path.join(directory, _slug(name)),
-                          export_dir=os.path.join(directory, _slug(name), "saved_model"))
-        for key in ("epochs", "epochs_head", "epochs_finetune", "probe_epochs"):
-            if key in run_config:
-                run_config[key] = scale(run_config[key])
-        if recipe is train:  # the same architecture, from random weights
-            run_config.update(architecture=manifest["architecture"],
-                              architecture_args=json.dumps(manifest["arguments"]))
+    for name, recipe, settings in runs:
+        run_config = run_settings(name, recipe, settings, seed, directory, epochs_scale,
+                                  manifest)
         print(f"{name} ...", flush=True)
         results[name] = recipe.run(run_config)
         print(f"  test accuracy {results[name]['test_accuracy']:.3f}", flush=True)
         commands[name] = recipe_flags.command(recipe.__name__, run_config)
     seconds = time.time() - start
-    best = max((name for name, _, _ in RUNS), key=lambda n: results[n]["test_accuracy"])
+    best = max(results, key=lambda n: results[n]["test_accuracy"])
     best_export = os.path.join(directory, _slug(best), "saved_model")
     _io.atomic_write(export_dir, lambda staging: shutil.copytree(best_export, staging))
     kt.plots.comparison_bars(
-        {name: results[name]["test_accuracy"] for name, _, _ in RUNS},
+        {name: metrics["test_accuracy"] for name, metrics in results.items()},
         os.path.join(directory, "comparison.png"), ylabel="test accuracy (target)")
     _write_report(directory, results, commands, best, export_dir, seconds, manifest)
     return results, best
+
+
+def run_settings(name, recipe, settings, seed, directory, epochs_scale, manifest):
+    """The recipe config of one demo run: its own run directory and export,
+    epochs scaled (at least 1), and for the scratch run the architecture of
+    the source weights' manifest."""
+    config = dict(settings, seed=seed, output_dir=os.path.join(directory, _slug(name)),
+                  export_dir=os.path.join(directory, _slug(name), "saved_model"))
+    for key in ("epochs", "epochs_head", "epochs_finetune", "probe_epochs"):
+        if key in config:
+            config[key] = max(1, round(config[key] * epochs_scale))
+    if recipe is train:  # the same architecture, from random weights
+        config.update(architecture=manifest["architecture"],
+                      architecture_args=json.dumps(manifest["arguments"]))
+    return config
 
 
 def _table(results):
