@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from kerastrain import _checks, _introspect, _io, evaluation
+from kerastrain.data import decode_image, resize  # noqa: F401 (decode_image: public here too)
 
 CLASS_NAMES_FILE = "class_names.txt"
 # Written into every export's assets/: how a directory is recognised as a
@@ -37,9 +38,10 @@ def export_saved_model(model, path, class_names, *, outputs="auto",
     """Exports `model` as a SavedModel that serves raw uint8 images.
 
     The `serving_default` signature takes `images`, a `uint8` tensor of shape
-    `(batch, height, width, 3)` of any height and width, resizes it
-    (bilinear, `tf.image.resize`) to `image_size` as the 0..255 floats the
-    model expects, runs the model in inference mode (BatchNorm moving
+    `(batch, height, width, 3)` of any height and width, resizes it to
+    `image_size` exactly as `kerastrain.data.load(image_size=...)` resizes
+    training images (`kerastrain.data.resize`: bilinear, rounded to uint8),
+    passes it as the 0..255 floats the model expects, runs the model in inference mode (BatchNorm moving
     statistics, no dropout) and returns `{"probabilities": float32 (batch,
     classes), "class_ids": int64 (batch,), "class_names": string (batch,)}`.
     The class names are shipped as the asset `assets/class_names.txt` and
@@ -51,8 +53,8 @@ def export_saved_model(model, path, class_names, *, outputs="auto",
 
     The `serving_bytes` signature takes `images`, a `string` tensor of shape
     `(batch,)` holding encoded JPEG/PNG files, decodes each exactly as
-    `kerastrain.data` decoded the training images (`decode_image`: JPEGs
-    with the accurate integer DCT, bit-identical to PIL), resizes it like
+    `kerastrain.data` decoded the training images (`kerastrain.data.decode_image`:
+    JPEGs with the accurate integer DCT, bit-identical to PIL), resizes it like
     `serving_default` and returns the same outputs: serving the raw test
     files reproduces the accuracy measured in training exactly.
 
@@ -191,31 +193,6 @@ def load_serving(path):
     return serve, class_names
 
 
-def decode_image(encoded):
-    """Decodes one JPEG, PNG, GIF or BMP file's bytes to uint8 RGB exactly as
-    `kerastrain.data` decodes the training images.
-
-    `kerastrain.data` decodes with PIL, whose JPEG decoder is libjpeg's
-    accurate integer DCT; TensorFlow's `tf.io.decode_jpeg` and
-    `tf.io.decode_image` default to the fast DCT, which puts pixels a few
-    levels off on every JPEG (and moves the served accuracy away from the
-    measured one). JPEGs are therefore decoded with
-    `dct_method="INTEGER_ACCURATE"`, which equals PIL bit for bit; other
-    formats are lossless and decode alike anyway.
-
-    Args:
-        encoded: a scalar `tf.string` tensor holding the file's bytes.
-
-    Returns:
-        A uint8 tensor of shape `(height, width, 3)`.
-    """
-    image = tf.cond(
-        tf.io.is_jpeg(encoded),
-        lambda: tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE"),
-        lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False))
-    return tf.ensure_shape(image, [None, None, 3])
-
-
 def _write(model, target, class_names, outputs, image_size):
     with tempfile.TemporaryDirectory() as asset_dir:
         names_file = os.path.join(asset_dir, CLASS_NAMES_FILE)
@@ -238,14 +215,14 @@ def _write(model, target, class_names, outputs, image_size):
                     "class_names": table.lookup(class_ids)}
 
         def serve(images):
-            return classify(tf.image.resize(images, image_size, method="bilinear"))
+            return classify(tf.cast(resize(images, image_size), tf.float32))
 
         def serve_bytes(encoded):
             # One image at a time: encoded files may differ in size.
-            x = tf.map_fn(lambda b: tf.image.resize(decode_image(b), image_size,
-                                                    method="bilinear"),
-                          encoded, fn_output_signature=tf.float32)
-            return classify(tf.ensure_shape(x, [None, *image_size, 3]))
+            x = tf.map_fn(lambda b: resize(decode_image(b), image_size),
+                          encoded, fn_output_signature=tf.uint8)
+            return classify(tf.cast(tf.ensure_shape(x, [None, *image_size, 3]),
+                                    tf.float32))
 
         archive = keras.export.ExportArchive()
         archive.track(model)
@@ -294,7 +271,7 @@ def _verify(model, target, class_names, outputs, image_size, probe_images):
     if served_names != class_names:
         raise RuntimeError(f"Export verification failed: the SavedModel's class "
                            f"names {served_names} differ from {class_names}.")
-    x = tf.image.resize(tf.convert_to_tensor(probe_images), image_size)
+    x = tf.cast(resize(tf.convert_to_tensor(probe_images), image_size), tf.float32)
     y = keras.ops.convert_to_numpy(model(x, training=False)).astype(np.float32)
     expected = evaluation.probabilities(y, from_logits=outputs == "logits")
     got = serve(probe_images)["probabilities"]

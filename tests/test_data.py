@@ -10,9 +10,10 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
+import kerastrain
 from kerastrain import data
 
-MINI = pathlib.Path(data.__file__).parent / "datasets" / "cifar10_mini"
+MINI = pathlib.Path(kerastrain.__file__).parent / "datasets" / "cifar10_mini"
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
            "horse", "ship", "truck")
 

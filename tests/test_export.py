@@ -24,7 +24,9 @@ def _softmax(z):
 
 
 def _keras_probabilities(model, images, size=(32, 32)):
-    logits = model(tf.image.resize(images, size), training=False)
+    """What the model says of `images` resized as `kt_data.load` resizes."""
+    x = tf.cast(kt_data.resize(tf.convert_to_tensor(images), size), tf.float32)
+    logits = model(x, training=False)
     return _softmax(np.asarray(logits, np.float64))
 
 
@@ -356,7 +358,7 @@ def test_recipe_refuses_an_output_dir_that_is_no_run_directory(tmp_path, make):
 
 def _test_files(classes):
     """The embedded test files' bytes and labels, in `kt_data.load`'s order."""
-    root = os.path.join(os.path.dirname(kt_data.__file__), "datasets", "cifar10_mini",
+    root = os.path.join(os.path.dirname(os.path.dirname(kt_data.__file__)), "datasets", "cifar10_mini",
                         "test")
     files, labels = [], []
     for label, name in enumerate(classes):

@@ -194,6 +194,15 @@ def current_task():
     return str(task.get("type", "worker")), int(task.get("index", 0))
 
 
+def cluster_size():
+    """How many workers (and chief) `TF_CONFIG`'s cluster has; 1 without one.
+
+    Parameter servers and evaluators do not count: they read no training data.
+    """
+    cluster = _tf_config().get("cluster") or {}
+    return max(1, sum(len(cluster.get(kind) or ()) for kind in ("chief", "worker")))
+
+
 def is_chief():
     """Whether this process is the chief of its cluster (or runs alone).
 

@@ -1,18 +1,19 @@
-"""Reads a TensorFlow Datasets classification set for `kerastrain.data.load`.
+"""TensorFlow Datasets classification sets for `kerastrain.data.load`.
 
 `tensorflow_datasets` is imported only when a `tfds:` spec is read: it is
-slow to import and optional for every other spec.
+slow to import and optional for every other spec. Examples are read with the
+image left encoded (`tfds.decode.SkipDecoding`): the labels are read up front
+without decoding a pixel, and `kerastrain.data` decodes the bytes itself, in
+parallel, as it does a folder's files.
 """
-
-from PIL import Image
 
 
 class DataNotPreparedError(RuntimeError):
     """A TFDS dataset is not prepared locally and could not be downloaded."""
 
 
-def read(name, split_names, data_dir):
-    """Reads TFDS splits with the builder steps `tfds.load` runs.
+def open_builder(name, split_names, data_dir):
+    """Prepares a TFDS set with the builder steps `tfds.load` runs.
 
     Running them one by one tells a failed download (offline) apart from an
     unknown name.
@@ -25,9 +26,8 @@ def read(name, split_names, data_dir):
         data_dir: where TFDS finds prepared data, or `None`.
 
     Returns:
-        `(class_names, names, images, labels)`: `names` and RGB PIL `images`
-        per example in split order, `labels` a dict `{split key: [label]}`
-        with keys among `"train"`, `"validation"` and `"test"`.
+        `(builder, class_names, {split key: TFDS split string})` with keys
+        among `"train"`, `"validation"` and `"test"`.
     """
     import tensorflow_datasets as tfds  # noqa: PLC0415 (slow; tfds specs only)
 
@@ -46,19 +46,29 @@ def read(name, split_names, data_dir):
             f"`tfds build {name} --data_dir=DIR`, copy DIR here and pass "
             "data_dir=DIR to load() (or set TFDS_DATA_DIR=DIR)") from err
     info = builder.info
-    label = info.features[info.supervised_keys[1]] if info.supervised_keys else None
-    if not hasattr(label, "names"):
+    keys = info.supervised_keys
+    label = info.features[keys[1]] if keys else None
+    if not hasattr(label, "names") or not hasattr(info.features[keys[0]], "encoding_format"):
         raise ValueError(f"TFDS dataset {name!r} has no (image, class label) "
                          "supervised keys; use an image classification dataset")
-    keys = ["train", "validation", "test"] if len(split_names) == 3 or (
+    split_keys = ["train", "validation", "test"] if len(split_names) == 3 or (
         not split_names and "validation" in info.splits) else ["train", "test"]
-    split_names = split_names or keys
-    names, images, labels = [], [], {}
-    for key, split in zip(keys, split_names):
-        examples = list(tfds.as_numpy(builder.as_dataset(split=split,
-                                                         as_supervised=True)))
-        names += [f"{name}:{split} example {i}" for i in range(len(examples))]
-        images += [Image.fromarray(x[..., 0] if x.shape[-1] == 1 else x)
-                   .convert("RGB") for x, _ in examples]
-        labels[key] = [y for _, y in examples]
-    return list(label.names), names, images, labels
+    return builder, list(label.names), dict(zip(split_keys, split_names or split_keys))
+
+
+def encoded(builder, split):
+    """`(encoded image bytes, label)` of a split, in stored order."""
+    import tensorflow_datasets as tfds  # noqa: PLC0415
+
+    image_key = builder.info.supervised_keys[0]
+    return builder.as_dataset(split=split, as_supervised=True, shuffle_files=False,
+                              decoders={image_key: tfds.decode.SkipDecoding()})
+
+
+def labels(builder, split):
+    """A split's labels as an int64 array, read without decoding images."""
+    import numpy as np  # noqa: PLC0415
+
+    batches = encoded(builder, split).map(lambda _, label: label).batch(4096)
+    values = [batch.numpy() for batch in batches]
+    return np.concatenate(values).astype(np.int64) if values else np.zeros(0, np.int64)

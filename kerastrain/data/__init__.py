@@ -1,0 +1,464 @@
+"""Dataset specs -> batched `tf.data` splits of (uint8 NHWC images, int64 labels).
+
+- `"cifar10_mini"`: the embedded 32x32 CIFAR-10 sample (500 train, 100 test
+  JPEGs per class) in `kerastrain/datasets/cifar10_mini`.
+- `"folder:PATH"`: ImageFolder `PATH/train/<class>/*` + `PATH/test/<class>/*`
+  (+ optional `val/` or `validation/`), or flat `PATH/<class>/*`, of which
+  each class gives a seeded `DEFAULT_TEST_FRACTION` to the test split.
+- `"tfrecord:PATH"`: TFRecord shards written by `to_tfrecord` (the format
+  TPUs read fastest).
+- `"tfds:NAME"`, `"tfds:NAME:TRAIN:TEST"`, `"tfds:NAME:TRAIN:VALIDATION:TEST"`
+  (slices like `train[:90%]` allowed): a TensorFlow Datasets classification set.
+
+Keras' `image_dataset_from_directory` neither carves a stratified validation
+split, nor selects and re-orders classes, nor draws a seeded few-shot
+subset, nor names the file when an image is corrupt or of an odd size.
+`load` resolves every file and label up front (that is where all of that is
+decided, before a pixel is decoded), then takes one of two paths:
+
+- in memory (`cache="memory"`): each image is decoded once, in parallel,
+  into one array (cached per folder, size and modification times), and
+  `tf.data` only shuffles and batches. Best for data that fits: the epoch
+  costs no decoding.
+- streamed (`cache="none"`, or `"disk:PATH"`): `tf.data` reads, decodes and
+  resizes each file in parallel every epoch (`num_parallel_calls=AUTOTUNE`)
+  and holds only a few batches at a time, so memory does not grow with the
+  number of images; `"disk:PATH"` keeps the decoded, resized images in files
+  under PATH after the first epoch.
+
+`cache="auto"` (the default) keeps data in memory when its decoded size
+(images x height x width x 3 bytes, at `image_size` or the first image's
+size) is at most `MEMORY_FRACTION` of the memory available now (Linux:
+`MemAvailable` of `/proc/meminfo`), and streams it otherwise. Both paths
+give the same splits, labels, class order and few-shot draw; for a folder
+they give the same images in the same seeded order too.
+"""
+
+import dataclasses
+import functools
+import hashlib
+import os
+import warnings
+import zlib
+
+import numpy as np
+import tensorflow as tf
+
+from kerastrain import _checks, _io
+from kerastrain import distribute as _distribute
+from kerastrain.data import _pipeline, _sources
+from kerastrain.data._pipeline import RESIZE_MODES, decode_image, resize  # noqa: F401
+from kerastrain.data._scan import FolderReport, check_folder  # noqa: F401
+from kerastrain.data._sources import IMAGE_EXTENSIONS  # noqa: F401
+from kerastrain.data._tfds import DataNotPreparedError  # noqa: F401 (re-exported)
+from kerastrain.data._tfrecord import to_tfrecord  # noqa: F401
+
+DEFAULT_TEST_FRACTION = 0.2
+MEMORY_FRACTION = 0.25
+CACHE_MODES = ("auto", "memory", "none", "disk:PATH")
+BAD_IMAGE_MODES = ("error", "skip")
+# One random stream per purpose, so that no draw depends on another.
+_TEST_STREAM, _VALIDATION_STREAM, _FEW_SHOT_STREAM = 1, 2, 3
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSplits:
+    """What `load()` returns.
+
+    `train`, `validation` and `test` yield `(uint8 images of shape (batch,
+    height, width, 3), int64 labels)` batches; `validation` is `None` when
+    `validation_fraction=0`. Labels index `class_names`; `num_*` count examples
+    (before any `on_bad_image="skip"` of a streamed split). `cache` is the
+    path taken: `"memory"`, `"none"` (streamed) or `"disk:PATH"`.
+    """
+
+    train: tf.data.Dataset
+    validation: tf.data.Dataset | None
+    test: tf.data.Dataset
+    class_names: tuple
+    image_shape: tuple
+    num_train: int
+    num_validation: int
+    num_test: int
+    batch_size: int
+    cache: str = "memory"
+
+    @property
+    def num_classes(self):
+        return len(self.class_names)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Part:
+    """A split of `load`'s result: `indices` into the source's stored split
+    `stored` (increasing), with the labels they have in the result."""
+
+    stored: str
+    indices: np.ndarray
+    labels: np.ndarray
+
+
+def load(spec="cifar10_mini", *, image_size=None, batch_size=64, classes=None,
+         labels_per_class=None, validation_fraction=0.1, seed=0, data_dir=None,
+         cache="auto", on_bad_image="error", resize_mode="stretch",
+         drop_remainder=False):
+    """Loads an image classification dataset as batched `tf.data` splits.
+
+    Grayscale, palette, CMYK and RGBA images are converted to RGB (alpha is
+    dropped). Validation is carved off each training class with the seed,
+    unless the source has its own validation split, which is then used.
+
+    Args:
+        spec: `"cifar10_mini"`, `"folder:PATH"`, `"tfrecord:PATH"` or
+            `"tfds:NAME[:SPLITS]"` (see the module docstring). Defaults to
+            `"cifar10_mini"`.
+        image_size: int or `(height, width)` to resize every image to
+            (bilinear, see `resize_mode`); images may then be of any, mixed
+            sizes. `None` keeps the stored size, which must then be the same
+            for all images. Defaults to `None`.
+        batch_size: examples per batch (the global batch under a
+            `tf.distribute` strategy). Defaults to 64.
+        classes: class names (list, or comma-separated string) to keep, in
+            the order that defines the new labels `0..k-1`. Defaults to all.
+        labels_per_class: keep only this many training images per class,
+            drawn with the seed (few-shot). Defaults to all.
+        validation_fraction: fraction of each training class held out for
+            validation, in `[0, 1)`; 0 means no validation split. Defaults
+            to 0.1.
+        seed: int >= 0 for the splits, the few-shot draw and the training
+            shuffle (a new order each epoch). Defaults to 0.
+        data_dir: where TFDS finds prepared data (`tfds:` specs only).
+            Defaults to TFDS' default (`$TFDS_DATA_DIR`).
+        cache: `"auto"`, `"memory"`, `"none"` or `"disk:PATH"` (see the
+            module docstring). Defaults to `"auto"`.
+        on_bad_image: `"error"` stops at a file that cannot be decoded, with
+            an error naming it; `"skip"` leaves it out with a warning that
+            counts the skipped files. Defaults to `"error"`.
+        resize_mode: with `image_size`, `"stretch"` (each side scaled to
+            fit), `"crop"` (aspect ratio kept, central crop) or `"pad"`
+            (aspect ratio kept, black borders). Defaults to `"stretch"`.
+        drop_remainder: drop each split's last, smaller batch, so that every
+            batch has the static shape TPUs need. Defaults to `False`.
+
+    Returns:
+        A `DataSplits`.
+
+    Example:
+
+    ```python
+    data = kerastrain.data.load("cifar10_mini", classes="dog,cat", seed=1)
+    model.fit(data.train, validation_data=data.validation, epochs=3)
+
+    photos = kerastrain.data.load("folder:~/photos", image_size=224,
+                                  on_bad_image="skip")  # streamed if large
+    ```
+    """
+    image_size = _check_image_size(image_size)
+    _checks.check_int("batch_size", batch_size, minimum=1)
+    _checks.check_int("seed", seed, minimum=0)
+    if labels_per_class is not None:
+        _checks.check_int("labels_per_class", labels_per_class, minimum=1)
+    _checks.check_real("validation_fraction", validation_fraction, 0, 1, high_open=True)
+    classes = _check_classes(classes)
+    _check_cache(cache)
+    _checks.check_choice("on_bad_image", on_bad_image, BAD_IMAGE_MODES)
+    _checks.check_choice("resize_mode", resize_mode, RESIZE_MODES)
+    _checks.check("drop_remainder", drop_remainder, isinstance(drop_remainder, bool),
+                  "True or False")
+
+    source = _sources.resolve(spec, data_dir)
+    class_names, parts = _parts(source, spec, classes, labels_per_class,
+                                validation_fraction, seed)
+    pixels = (image_size or _first_shape(source, parts["train"])[:2])
+    if cache == "auto":
+        cache = "memory" if _decoded_bytes(source, pixels) <= (
+            MEMORY_FRACTION * available_memory()) else "none"
+    settings = dict(image_size=image_size, resize_mode=resize_mode,
+                    on_bad_image=on_bad_image, batch_size=batch_size,
+                    drop_remainder=drop_remainder, seed=seed)
+    if cache == "memory":
+        splits, shape = _in_memory(source, parts, **settings)
+    else:
+        shape = tuple(pixels) + (3,)
+        splits = {key: _streamed(source, part, key, shape, cache, **settings)
+                  for key, part in parts.items()}
+    return DataSplits(
+        train=splits["train"], validation=splits.get("validation"),
+        test=splits["test"], class_names=tuple(class_names), image_shape=shape,
+        num_train=len(parts["train"].labels),
+        num_validation=len(parts["validation"].labels) if "validation" in parts else 0,
+        num_test=len(parts["test"].labels), batch_size=batch_size, cache=cache)
+
+
+def available_memory():
+    """Bytes of memory available to a new allocation now (Linux:
+    `MemAvailable`; elsewhere the free physical pages; 4 GiB if unknown)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
+def _parts(source, spec, classes, labels_per_class, validation_fraction, seed):
+    """Decides every split from labels alone: {key: _Part}."""
+    class_names = list(source.class_names)
+    parts = {key: _Part(key, np.arange(len(labels)), labels)
+             for key, labels in source.labels.items()}
+    if "all" in parts:
+        parts["train"], parts["test"] = _split(parts.pop("all"), DEFAULT_TEST_FRACTION,
+                                               seed, _TEST_STREAM)
+    if validation_fraction == 0:
+        parts.pop("validation", None)
+    elif "validation" not in parts:
+        parts["train"], parts["validation"] = _split(
+            parts["train"], validation_fraction, seed, _VALIDATION_STREAM)
+    if classes is not None:
+        unknown = [name for name in classes if name not in class_names]
+        if unknown:
+            raise ValueError(f"Unknown class names {unknown} in `classes` for "
+                             f"{spec!r}; available classes: {class_names}")
+        order = [class_names.index(name) for name in classes]
+        parts = {key: _select(part, order, len(class_names))
+                 for key, part in parts.items()}
+        class_names = classes
+    if labels_per_class is not None:
+        parts["train"] = _few_shot(parts["train"], labels_per_class, seed, class_names)
+    if not len(parts["train"].labels):
+        raise ValueError(f"No training images in {spec!r}")
+    return class_names, parts
+
+
+def _first_shape(source, part):
+    """The size of the first decodable image among the first few of `part`."""
+    indices = part.indices[:16]
+    images, _ = _pipeline.materialize(_elements(source, part.stored, indices),
+                                      _read_of(source), len(indices), None,
+                                      "stretch", "")
+    if not len(images):
+        raise ValueError("None of the first images could be decoded (e.g. "
+                         f"{source.names(part.stored)[indices[0]]!r}); check the "
+                         "data with kerastrain.data.check_folder")
+    return images[0].shape
+
+
+def _decoded_bytes(source, pixels):
+    count = sum(len(labels) for labels in source.labels.values())
+    return count * pixels[0] * pixels[1] * 3
+
+
+# -- the two paths ------------------------------------------------------------
+
+
+def _in_memory(source, parts, *, image_size, resize_mode, on_bad_image, batch_size,
+               drop_remainder, seed):
+    """{key: dataset} of splits decoded once into arrays, and the image shape."""
+    splits, shape = {}, None
+    for key, part in parts.items():
+        images, position = _decoded_split(source, part.stored, image_size, resize_mode,
+                                          on_bad_image)
+        keep = position[part.indices] >= 0
+        images = images[position[part.indices[keep]]]
+        shape = shape or images.shape[1:]
+        ds = tf.data.Dataset.from_tensor_slices((images, part.labels[keep]))
+        if key == "train":
+            ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+        splits[key] = ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(
+            tf.data.AUTOTUNE)
+    return splits, tuple(shape)
+
+
+def _decoded_split(source, stored, image_size, resize_mode, on_bad_image):
+    """All images of a stored split, and each index's row in them (-1: bad)."""
+    images, ok = _decode_cached(source.identity(stored), source, stored, image_size,
+                                resize_mode)
+    bad = source.names(stored)[~ok]
+    if len(bad) and on_bad_image == "error":
+        raise ValueError(f"Cannot decode image {bad[0]!r}"
+                         + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "")
+                         + "; replace or delete the file, find every such file with "
+                         "kerastrain.data.check_folder, or pass on_bad_image='skip'")
+    if len(bad):
+        warnings.warn(f"Skipped {len(bad)} unreadable image(s) of the {stored!r} "
+                      f"split (on_bad_image='skip'): {', '.join(bad[:5])}"
+                      + (", ..." if len(bad) > 5 else ""), stacklevel=4)
+    return images, np.where(ok, np.cumsum(ok) - 1, -1)
+
+
+@functools.lru_cache(maxsize=8)
+def _decode_cached(identity, source, stored, image_size, resize_mode):
+    """Decodes once per identity (paths and modification times), size, mode."""
+    del identity  # Only the cache key: edited files are decoded again.
+    names = source.names(stored)
+    images, ok = _pipeline.materialize(
+        _elements(source, stored, np.arange(len(names))), _read_of(source),
+        len(names), image_size, resize_mode, f"Decoding {stored}")
+    if isinstance(images, list):
+        images = _stacked(images, names[ok]) if images else np.zeros(
+            (0,) + (image_size or (1, 1)) + (3,), np.uint8)
+    images.flags.writeable = False  # Shared by every load() that hits the cache.
+    return images, ok
+
+
+def _stacked(images, names):
+    shapes = [image.shape for image in images]
+    common = max(set(shapes), key=shapes.count)
+    for name, shape in zip(names, shapes):
+        if shape != common:
+            raise ValueError(
+                f"Image {name!r} has size {shape[:2]} (height, width) but "
+                f"most images have size {common[:2]}; pass image_size= (e.g. "
+                f"image_size={common[:2]}) to resize all images to one size")
+    return np.stack(images)
+
+
+def _streamed(source, part, key, shape, cache, *, image_size, resize_mode,
+              on_bad_image, batch_size, drop_remainder, seed):
+    """One split read, decoded and resized by `tf.data` every epoch."""
+    shuffle = key == "train"
+    image_bytes = int(np.prod(shape))
+    if source.random_access:
+        names = source.names(part.stored)[part.indices].astype(str)
+        payloads = source.elements(part.stored, part.indices).map(lambda p, _: p)
+        ds = tf.data.Dataset.zip(payloads, tf.data.Dataset.from_tensor_slices(
+            (part.labels, names)))
+        ds = ds.map(lambda p, labeled: (p, *labeled))
+        if shuffle and cache == "none":
+            ds = ds.shuffle(len(names), seed=seed, reshuffle_each_iteration=True)
+            if _distribute.cluster_size() > 1:  # Each worker reads its own files.
+                ds = ds.shard(tf.data.experimental.SHARD_HINT,
+                              tf.data.experimental.SHARD_HINT)
+    else:
+        label_of = np.full(len(source.labels[part.stored]), -1, np.int64)
+        label_of[part.indices] = part.labels
+        label_of = tf.constant(label_of)
+        names = tf.constant(source.names(part.stored).astype(str))
+        ds = source.stream(part.stored, shuffle_seed=seed if shuffle else None)
+        ds = ds.map(lambda index, encoded: (encoded, tf.gather(label_of, index),
+                                            tf.gather(names, index)))
+        ds = ds.filter(lambda encoded, label, name: label >= 0)
+        if shuffle and cache == "none":
+            ds = ds.shuffle(_pipeline.shuffle_buffer(50_000, len(part.labels)),
+                            seed=seed, reshuffle_each_iteration=True)
+    ds = _pipeline.settled(_pipeline.decoded(ds, _read_of(source), image_size,
+                                             resize_mode), on_bad_image, shape)
+    if cache != "none":
+        ds = ds.cache(_cache_file(cache, source, part, key, image_size, resize_mode))
+        if shuffle:
+            ds = ds.shuffle(_pipeline.shuffle_buffer(image_bytes, len(part.labels)),
+                            seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    if source.random_access and shuffle and cache == "none" and (
+            _distribute.cluster_size() > 1):
+        options.experimental_distribute.auto_shard_policy = (
+            tf.data.experimental.AutoShardPolicy.HINT)
+    return ds.with_options(options)
+
+
+def _cache_file(cache, source, part, key, image_size, resize_mode):
+    """A file prefix under `disk:PATH` unique to what the split holds."""
+    directory = os.path.expanduser(cache[len("disk:"):])
+    _io.makedirs(directory)
+    digest = hashlib.sha256(repr((source.identity(part.stored)[:2], image_size,
+                                  resize_mode)).encode())
+    digest.update(part.indices.tobytes())
+    digest.update(part.labels.tobytes())
+    return os.path.join(directory, f"{key}-{digest.hexdigest()[:16]}")
+
+
+def _elements(source, stored, indices):
+    """`(payload, name)` of `indices` of a stored split, in order."""
+    if source.random_access:
+        return source.elements(stored, indices)
+    keep = np.zeros(len(source.labels[stored]), bool)
+    keep[indices] = True
+    keep, names = tf.constant(keep), tf.constant(source.names(stored).astype(str))
+    return source.stream(stored).filter(
+        lambda index, _: tf.gather(keep, index)).map(
+        lambda index, encoded: (encoded, tf.gather(names, index)))
+
+
+def _read_of(source):
+    """The function from a source's payload to encoded bytes."""
+    return source.read if source.random_access else (lambda encoded: encoded)
+
+
+# -- argument checks ----------------------------------------------------------
+
+
+def _check_cache(cache):
+    if not (cache in ("auto", "memory", "none") or (
+            isinstance(cache, str) and cache.startswith("disk:") and len(cache) > 5)):
+        raise ValueError("Invalid value for `cache`: expected 'auto', 'memory', "
+                         f"'none' or 'disk:PATH', received cache={cache!r}")
+
+
+def _check_image_size(image_size):
+    if image_size is None:
+        return None
+    size = (image_size,) * 2 if _checks.is_int(image_size) else image_size
+    if not (isinstance(size, (tuple, list)) and len(size) == 2 and all(
+            _checks.is_int(s) and s >= 1 for s in size)):
+        raise ValueError("Invalid value for `image_size`: expected None, an int "
+                         f">= 1 or (height, width), received image_size={image_size!r}")
+    return int(size[0]), int(size[1])
+
+
+def _check_classes(classes):
+    if classes is None:
+        return None
+    if isinstance(classes, str):
+        classes = [name.strip() for name in classes.split(",")]
+    classes = list(classes)
+    if not classes or len(set(classes)) != len(classes) or not all(
+            isinstance(name, str) and name for name in classes):
+        raise ValueError("Invalid value for `classes`: expected distinct class "
+                         f"names (a list or 'a,b,c'), received classes={classes!r}")
+    return classes
+
+
+def _split(part, fraction, seed, stream):
+    """Holds out `fraction` of each class; returns (kept, held_out) parts."""
+    labels = part.labels
+    held = np.zeros(len(labels), dtype=bool)
+    for label in np.unique(labels):
+        index = np.flatnonzero(labels == label)
+        # At least one held out per class, but never the class's last image.
+        count = min(max(round(fraction * len(index)), 1), len(index) - 1)
+        rng = np.random.default_rng([seed, stream, int(label)])
+        held[rng.permutation(index)[:count]] = True
+    return (_Part(part.stored, part.indices[~held], labels[~held]),
+            _Part(part.stored, part.indices[held], labels[held]))
+
+
+def _select(part, order, num_classes):
+    """Keeps the classes in `order` and renumbers them 0..k-1."""
+    new_label = np.full(num_classes, -1, dtype=np.int64)
+    new_label[order] = np.arange(len(order))
+    keep = new_label[part.labels] >= 0
+    return _Part(part.stored, part.indices[keep], new_label[part.labels[keep]])
+
+
+def _few_shot(part, per_class, seed, class_names):
+    keep = []
+    for label, name in enumerate(class_names):
+        index = np.flatnonzero(part.labels == label)
+        if per_class > len(index):
+            raise ValueError(
+                f"Invalid value for `labels_per_class`: class {name!r} has only "
+                f"{len(index)} training images (after the validation split), "
+                f"received labels_per_class={per_class}; lower it or "
+                "validation_fraction")
+        # Keyed by name: a class gets the same draw whatever `classes` selects.
+        rng = np.random.default_rng([seed, _FEW_SHOT_STREAM,
+                                     zlib.crc32(name.encode())])
+        keep += rng.choice(index, per_class, replace=False).tolist()
+    keep = np.sort(np.asarray(keep, np.int64))
+    return _Part(part.stored, part.indices[keep], part.labels[keep])

@@ -1,0 +1,187 @@
+"""Decoding and `tf.data` pipelines of `kerastrain.data.load`.
+
+Every image, whichever path loads it, is decoded by `decode_image` and
+resized by `resize` here, so the in-memory and the streamed paths give the
+same pixels, and the exported model's serving signatures (which call the
+same two functions) see what training saw.
+
+A file that cannot be decoded must be named (or skipped and counted), but a
+failing op inside `tf.data` names nothing. Each file is therefore decoded in
+a one-element dataset whose failure is dropped by `ignore_errors` and
+replaced by a flagged placeholder: `(image, ok)` comes out either way, in
+parallel (`interleave`, deterministic order), and the placeholder is turned
+into an error naming the file, or skipped with a warning.
+"""
+
+import sys
+
+import numpy as np
+import tensorflow as tf
+
+from kerastrain import _io
+
+RESIZE_MODES = ("stretch", "crop", "pad")
+# Decoding loops over more images than this say how far they got.
+_PROGRESS_IMAGES = 20_000
+
+
+def decode_image(encoded):
+    """Decodes one JPEG, PNG, GIF or BMP file's bytes to uint8 RGB.
+
+    TensorFlow's `tf.io.decode_jpeg` and `tf.io.decode_image` default to the
+    fast DCT, which puts pixels a few levels off PIL's (libjpeg's accurate
+    integer DCT) on every JPEG. JPEGs are therefore decoded with
+    `dct_method="INTEGER_ACCURATE"`, which equals PIL bit for bit; other
+    formats are lossless and decode alike anyway. Grayscale and CMYK become
+    RGB, alpha is dropped, an animated GIF gives its first frame.
+
+    Args:
+        encoded: a scalar `tf.string` tensor holding the file's bytes.
+
+    Returns:
+        A uint8 tensor of shape `(height, width, 3)`.
+    """
+    image = tf.cond(
+        tf.io.is_jpeg(encoded),
+        lambda: tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE"),
+        lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False))
+    return tf.ensure_shape(image, [None, None, 3])
+
+
+def resize(image, size, mode="stretch"):
+    """Resizes a uint8 image (or a batch of them) to `size` `(height, width)`.
+
+    Bilinear, rounded back to uint8. `"stretch"` scales each side to fit;
+    `"crop"` keeps the aspect ratio and cuts the longer side's excess evenly
+    (a central crop); `"pad"` keeps the aspect ratio and fills the shorter
+    side with black evenly. An image already of `size` is returned as it is.
+    """
+    height, width = size
+    shape = tf.shape(image)
+
+    def resized():
+        x = image
+        if mode == "crop":
+            h = tf.cast(shape[-3], tf.float32)
+            w = tf.cast(shape[-2], tf.float32)
+            scale = tf.minimum(h / height, w / width)
+            crop_h = tf.cast(tf.round(scale * height), tf.int32)
+            crop_w = tf.cast(tf.round(scale * width), tf.int32)
+            x = tf.image.crop_to_bounding_box(
+                x, (shape[-3] - crop_h) // 2, (shape[-2] - crop_w) // 2, crop_h, crop_w)
+        if mode == "pad":
+            x = tf.image.resize_with_pad(x, height, width, method="bilinear")
+        else:
+            x = tf.image.resize(x, (height, width), method="bilinear")
+        return tf.cast(tf.round(tf.clip_by_value(x, 0.0, 255.0)), tf.uint8)
+
+    same = tf.logical_and(tf.equal(shape[-3], height), tf.equal(shape[-2], width))
+    static = [None] * (image.shape.rank - 3) + [height, width, 3]
+    return tf.ensure_shape(tf.cond(same, lambda: image, resized), static)
+
+
+def decoded(elements, read, image_size, resize_mode):
+    """Maps `(payload, label, name)` to `(image, label, name, ok)` in parallel.
+
+    `read(payload)` gives the encoded bytes; `ok` is False (and the image a
+    black placeholder) when reading or decoding failed.
+    """
+    placeholder = tf.zeros((image_size or (1, 1)) + (3,), tf.uint8)
+
+    def attempt(payload, label, name):
+        def image_of(p):
+            image = decode_image(read(p))
+            if image_size is not None:
+                image = resize(image, image_size, resize_mode)
+            return image, True
+
+        fallback = tf.data.Dataset.from_tensors((placeholder, False))
+        one = (tf.data.Dataset.from_tensors(payload).map(image_of).ignore_errors()
+               .concatenate(fallback).take(1))
+        return one.map(lambda image, ok: (image, label, name, ok))
+
+    return elements.interleave(attempt, num_parallel_calls=tf.data.AUTOTUNE,
+                               deterministic=True)
+
+
+def settled(ds, on_bad_image, shape):
+    """Turns `(image, label, name, ok)` into `(image, label)`.
+
+    A failed image stops iteration with an error naming it
+    (`on_bad_image="error"`) or is skipped with a warning line that counts
+    the skipped images (`"skip"`); an image of another size than `shape`
+    stops iteration with an error naming it.
+    """
+    if on_bad_image == "skip":
+        def count(skipped, element):
+            _, _, name, ok = element
+            skipped += tf.cast(tf.logical_not(ok), tf.int64)
+            warn = tf.cond(ok, tf.no_op, lambda: tf.print(
+                "WARNING: kerastrain.data skipped unreadable image", name,
+                "(", skipped, "skipped so far this pass; on_bad_image='skip')",
+                output_stream=sys.stderr))
+            with tf.control_dependencies([warn]):
+                return skipped, tf.nest.map_structure(tf.identity, element)
+
+        ds = ds.scan(tf.constant(0, tf.int64), count).filter(lambda *e: e[3])
+
+    def checked(image, label, name, ok):
+        good = tf.debugging.Assert(ok, [
+            "Cannot decode image", name, "; replace or delete the file, check the "
+            "folder with kerastrain.data.check_folder, or pass on_bad_image='skip'"])
+        sized = tf.debugging.Assert(
+            tf.reduce_all(tf.equal(tf.shape(image)[:2], shape[:2])),
+            ["Image", name, "has size", tf.shape(image)[:2], "(height, width) but "
+             f"the first image has size {tuple(shape[:2])}; pass image_size= to "
+             "resize all images to one size"])
+        with tf.control_dependencies([good, sized]):
+            return tf.ensure_shape(tf.identity(image), shape), label
+
+    return ds.map(checked, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def materialize(elements, read, count, image_size, resize_mode, title):
+    """Decodes `count` `(payload, name)` elements, in order.
+
+    Returns `(images, ok)`: `ok` flags each element as decodable; `images`
+    holds the decodable ones, as one uint8 NHWC array when they share a
+    size, else as a list of arrays. The common case (every file fine, one
+    size) is decoded in parallel batches; a failure there (a bad file, an odd
+    size) decodes again one file at a time to find which.
+    """
+    bar = _io.progress(count, title, unit_name="image") if count > _PROGRESS_IMAGES else None
+    try:
+        return _materialize_batched(elements, read, image_size, resize_mode, bar)
+    except tf.errors.OpError:
+        pass  # Found below, file by file.
+    ds = decoded(elements.map(lambda payload, name: (payload, 0, name)), read,
+                 image_size, resize_mode)
+    images, ok = [], []
+    for image, _, _, flag in ds.as_numpy_iterator():
+        images.append(image)
+        ok.append(flag)
+    ok = np.asarray(ok, bool)
+    return [image for image, flag in zip(images, ok) if flag], ok
+
+
+def _materialize_batched(elements, read, image_size, resize_mode, bar):
+    def image_of(payload, name):
+        del name
+        image = decode_image(read(payload))
+        return image if image_size is None else resize(image, image_size, resize_mode)
+
+    ds = elements.map(image_of, num_parallel_calls=tf.data.AUTOTUNE)
+    shape = (image_size or next(iter(ds.take(1))).shape[:2]) + (3,)
+    batches = []
+    for batch in ds.map(lambda image: tf.ensure_shape(image, shape)).batch(
+            1024).as_numpy_iterator():
+        batches.append(batch)
+        if bar is not None:
+            bar.update(sum(len(b) for b in batches))
+    images = np.concatenate(batches) if batches else np.zeros((0,) + shape, np.uint8)
+    return images, np.ones(len(images), bool)
+
+
+def shuffle_buffer(image_bytes, count, budget=256 << 20):
+    """Elements a bounded shuffle buffer holds: `budget` bytes, 1,000 to all."""
+    return int(min(count, max(1000, budget // max(image_bytes, 1))))
