@@ -68,7 +68,7 @@ class DataSplits:
     `train`, `validation` and `test` yield `(uint8 images of shape (batch,
     height, width, 3), int64 labels)` batches; `validation` is `None` when
     `validation_fraction=0`. Labels index `class_names`; `num_*` count examples
-    (before any `on_bad_image="skip"` of a streamed split). `cache` is the
+    (a streamed split's count includes files `on_bad_image="skip"` may skip). `cache` is the
     path taken: `"memory"`, `"none"` (streamed) or `"disk:PATH"`.
     """
 
@@ -177,17 +177,17 @@ def load(spec="cifar10_mini", *, image_size=None, batch_size=64, classes=None,
                     on_bad_image=on_bad_image, batch_size=batch_size,
                     drop_remainder=drop_remainder, seed=seed)
     if cache == "memory":
-        splits, shape = _in_memory(source, parts, **settings)
+        splits, counts, shape = _in_memory(source, parts, **settings)
     else:
         shape = tuple(pixels) + (3,)
         splits = {key: _streamed(source, part, key, shape, cache, **settings)
                   for key, part in parts.items()}
+        counts = {key: len(part.labels) for key, part in parts.items()}
     return DataSplits(
         train=splits["train"], validation=splits.get("validation"),
         test=splits["test"], class_names=tuple(class_names), image_shape=shape,
-        num_train=len(parts["train"].labels),
-        num_validation=len(parts["validation"].labels) if "validation" in parts else 0,
-        num_test=len(parts["test"].labels), batch_size=batch_size, cache=cache)
+        num_train=counts["train"], num_validation=counts.get("validation", 0),
+        num_test=counts["test"], batch_size=batch_size, cache=cache)
 
 
 def available_memory():
@@ -258,20 +258,21 @@ def _decoded_bytes(source, pixels):
 
 def _in_memory(source, parts, *, image_size, resize_mode, on_bad_image, batch_size,
                drop_remainder, seed):
-    """{key: dataset} of splits decoded once into arrays, and the image shape."""
-    splits, shape = {}, None
+    """Splits decoded once into arrays: {key: dataset}, {key: count}, shape."""
+    splits, counts, shape = {}, {}, None
     for key, part in parts.items():
         images, position = _decoded_split(source, part.stored, image_size, resize_mode,
                                           on_bad_image)
         keep = position[part.indices] >= 0
         images = images[position[part.indices[keep]]]
         shape = shape or images.shape[1:]
+        counts[key] = len(images)
         ds = tf.data.Dataset.from_tensor_slices((images, part.labels[keep]))
         if key == "train":
             ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
         splits[key] = ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(
             tf.data.AUTOTUNE)
-    return splits, tuple(shape)
+    return splits, counts, tuple(shape)
 
 
 def _decoded_split(source, stored, image_size, resize_mode, on_bad_image):

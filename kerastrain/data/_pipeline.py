@@ -127,8 +127,9 @@ def settled(ds, on_bad_image, shape):
 
     def checked(image, label, name, ok):
         good = tf.debugging.Assert(ok, [
-            "Cannot decode image", name, "; replace or delete the file, check the "
-            "folder with kerastrain.data.check_folder, or pass on_bad_image='skip'"])
+            "Cannot decode image", name, "; replace or delete the file (find all such "
+            "files with kerastrain.data.check_folder), or load with on_bad_image "
+            "set to skip"])
         sized = tf.debugging.Assert(
             tf.reduce_all(tf.equal(tf.shape(image)[:2], shape[:2])),
             ["Image", name, "has size", tf.shape(image)[:2], "(height, width) but "
