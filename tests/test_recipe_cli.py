@@ -11,7 +11,8 @@ import kerastrain as kt
 from recipes import flags as recipe_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RECIPES = ("train", "finetune", "demo", "sanity", "random_search", "compare_optimizers")
+RECIPES = ("train", "finetune", "demo", "sanity", "random_search", "compare_optimizers",
+           "check_data")
 # TensorFlow's C++ log lines (absl format: I0000 00:00:... file.cc:31] ...).
 TF_LOG_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:", re.MULTILINE)
 

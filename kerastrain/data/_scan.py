@@ -80,8 +80,8 @@ class FolderReport:
 
     @property
     def problems(self):
-        """Files to act on: every listed file, and of a duplicate group each
-        copy but one."""
+        """Findings to act on: each file listed under a kind of problem, and
+        of each duplicate group every copy but one."""
         return (len(self.unreadable) + len(self.grayscale) + len(self.cmyk)
                 + len(self.tiny) + sum(len(group) - 1 for group in self.duplicates))
 
@@ -97,8 +97,9 @@ class FolderReport:
     def summary(self):
         """A human-readable multi-line report: a count per kind of problem,
         the files, and what to do about them."""
-        lines = [f"Checked {self.num_files} image files in {self.root}: "
-                 + (f"{self.problems} problems." if self.problems else "no problems found.")]
+        found = _plural(self.problems, "problem") if self.problems else "no problems"
+        lines = [f"Checked {_plural(self.num_files, 'image file')} in {self.root}: "
+                 f"{found} found."]
         if self.class_counts:
             lines += _counts(self.class_counts)
         converted = ("kerastrain.data.load converts them to RGB, but they are "
@@ -118,13 +119,16 @@ class FolderReport:
                  [" = ".join(group) for group in self.duplicates])):
             if entries:
                 what = "group" if title == "duplicates" else "file"
-                lines.append(f"{title}: {len(entries)} {what}"
-                             f"{'s' if len(entries) > 1 else ''}. {advice}")
+                lines.append(f"{title}: {_plural(len(entries), what)}. {advice}")
                 lines += [f"  - {entry}" for entry in entries]
         return "\n".join(lines) + "\n"
 
     def __str__(self):
         return self.summary()
+
+
+def _plural(count, noun):
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _counts(class_counts, width=88):
@@ -159,8 +163,8 @@ def check_folder(path, *, min_size=32, workers=None, verbose=1):
         min_size: images with a width or height below this many pixels are
             `tiny`. Defaults to 32.
         workers: threads that read and decode. Defaults to `os.cpu_count()`.
-        verbose: 0 silent, 1 a progress bar (plain lines in a log), 2 one
-            line at the end. Defaults to 1.
+        verbose: 0 silent, 1 progress: a bar on a terminal, a line per tenth
+            of the files in a log. Defaults to 1.
 
     Returns:
         A `FolderReport`; its paths are strings (`path` joined with the
@@ -181,7 +185,7 @@ def check_folder(path, *, min_size=32, workers=None, verbose=1):
     min_size = _checks.check_int("min_size", min_size, minimum=1)
     if workers is not None:
         workers = _checks.check_int("workers", workers, minimum=1)
-    verbose = _checks.check_int("verbose", verbose, minimum=0, maximum=2)
+    verbose = _checks.check_int("verbose", verbose, minimum=0, maximum=1)
     paths = _image_files(root)
     files = _scan(paths, workers or os.cpu_count() or 1, verbose)
     return _report(root, files, min_size)

@@ -206,7 +206,8 @@ class _Listing:
         files = []
         for label, name in enumerate(class_names):
             paths = sorted(entry.path for entry in os.scandir(folder / name)
-                           if os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS
+                           if not entry.name.startswith(".")  # e.g. macOS ._x.jpg
+                           and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS
                            ) if (folder / name).is_dir() else []
             if required and not paths:
                 raise ValueError(f"Class {name!r} has no images in "
