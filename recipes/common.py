@@ -73,7 +73,8 @@ class Setup(typing.NamedTuple):
                 "global_batch_size": self.global_batch_size,
                 "learning_rate_factor": self.learning_rate_factor,
                 "dtype_policy": self.dtype_policy or "float32",
-                "jit_compile": bool(model.jit_compile)}
+                "jit_compile": bool(model.jit_compile),
+                "data_cache": self.data.cache}
 
 
 def start(config, module, check, resumes=True):
@@ -106,7 +107,7 @@ def start(config, module, check, resumes=True):
         if not tf.config.list_physical_devices("GPU") and policy == "mixed_float16":
             _io.say("--mixed_precision on a CPU: mixed_float16 computes, but more "
                     "slowly than float32; it is meant for GPUs and TPUs.")
-    data = load_data(config, batch_size)
+    data = load_data(config, batch_size, distribution)
     steps_per_epoch = -(-data.num_train // batch_size)
     return Setup(config, distribution, data, steps_per_epoch, batch_size, output_dir,
                  factor, policy)
@@ -118,14 +119,18 @@ def strategy(config):
     return kt.distribute.get_strategy(config["strategy"], tpu=tpu)
 
 
-def load_data(config, batch_size=None):
+def load_data(config, batch_size=None, distribution=None):
     """Loads the data spec of a config, batched at `batch_size` (default
-    `--batch_size`)."""
+    `--batch_size`); under a TPU strategy every batch is whole (static
+    shapes)."""
+    tpu = isinstance(distribution, tf.distribute.TPUStrategy)
     return kt.data.load(
         config["data"], image_size=config.get("image_size"),
         batch_size=batch_size or config["batch_size"], classes=config.get("classes"),
         labels_per_class=config.get("labels_per_class"),
-        validation_fraction=config["validation_fraction"], seed=config["seed"])
+        validation_fraction=config["validation_fraction"], seed=config["seed"],
+        cache=config.get("cache", "auto"), on_bad_image=config.get("on_bad_image", "error"),
+        resize_mode=config.get("resize_mode", "stretch"), drop_remainder=tpu)
 
 
 # -- optimisation -------------------------------------------------------------

@@ -65,13 +65,24 @@ def define(module, *groups):
 def _define_data_flags():
     flags.DEFINE_string(
         "data", "cifar10_mini",
-        "Data spec: cifar10_mini (embedded), folder:PATH or tfds:NAME.")
+        "Data spec: cifar10_mini (embedded), folder:PATH, tfrecord:PATH (from "
+        "kerastrain.data.to_tfrecord) or tfds:NAME.")
     flags.DEFINE_list("classes", None,
                       "Comma list of class names to keep, in label order.")
     flags.DEFINE_integer("labels_per_class", None,
                          "Keep this many training images per class (few-shot).")
     flags.DEFINE_integer("image_size", None,
-                         "Resize images to this square size (default: as stored).")
+                         "Resize images to this square size (default: as stored; "
+                         "needed when images differ in size).")
+    flags.DEFINE_enum("resize_mode", "stretch", ["stretch", "crop", "pad"],
+                      "With --image_size: stretch to fit, or keep the aspect ratio "
+                      "and crop the centre or pad with black.")
+    flags.DEFINE_string("cache", "auto", "auto (in memory when the decoded images "
+                        "fit in a quarter of the free memory, else streamed), memory, "
+                        "none (streamed: decoded every epoch) or disk:PATH.")
+    flags.DEFINE_enum("on_bad_image", "error", ["error", "skip"],
+                      "A file that cannot be decoded stops the run naming it "
+                      "(error), or is left out with a warning (skip).")
     flags.DEFINE_integer("batch_size", 64, "Images per replica per step; the global "
                          "batch is this times the replicas of --strategy.")
     flags.DEFINE_float("validation_fraction", 0.1,

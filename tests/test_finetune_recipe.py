@@ -88,8 +88,9 @@ def test_finetune_run_follows_output_contract_and_exports(tmp_path, backbone_fil
         "final_validation_accuracy", "head_validation_accuracy",
         "head_learning_rate", "epochs", "head_epochs", "finetune_epochs",
         "train_seconds", "replicas", "global_batch_size", "learning_rate_factor",
-        "dtype_policy", "jit_compile"}
-    assert (metrics["replicas"], metrics["dtype_policy"]) == (1, "float32")
+        "dtype_policy", "jit_compile", "data_cache"}
+    assert (metrics["replicas"], metrics["dtype_policy"], metrics["data_cache"]) == (
+        1, "float32", "memory")
     # --export=best: the exported model is the better of the two on validation.
     best = max(("swa", "final"), key=lambda n: metrics[f"{n}_validation_accuracy"])
     assert metrics["exported_model"] == best

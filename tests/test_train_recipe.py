@@ -26,7 +26,8 @@ TINY = dict(classes=CLASSES, labels_per_class=40, batch_size=32, epochs=4, width
             blocks=2, learning_rate=3e-3, verbose=0)
 STEPS_PER_EPOCH = 4  # ceil(3 classes * 40 images / 32)
 # How the run ran (kerastrain.distribute, --mixed_precision, --jit_compile).
-RUN = {"replicas", "global_batch_size", "learning_rate_factor", "dtype_policy", "jit_compile"}
+RUN = {"replicas", "global_batch_size", "learning_rate_factor", "dtype_policy", "jit_compile",
+       "data_cache"}
 # With --ema the trained weights are the moving average: `ema_`, not `final_`.
 CONTRACT_KEYS = {"exported_model", "export", "test_accuracy", "test_loss", "epochs",
                  "train_seconds", "validation_accuracy", "swa_test_accuracy",
