@@ -16,7 +16,7 @@ each method feeds one epoch of the training images as `image_size=(224,
   written once by `kerastrain.data.to_tfrecord` (its conversion time is
   reported separately).
 
-Each (method, size) runs in its own process, so its peak resident memory
+Each timed epoch of a (method, size) runs in its own process, so its peak resident memory
 (`resource.getrusage` `ru_maxrss`) is its own; the memory right after the
 imports is reported too, so the part due to the data shows. Reported:
 images/s over the epoch after the first batch, time to the first batch
@@ -47,6 +47,8 @@ from absl import app, flags
 flags.DEFINE_list("sizes", ["5000", "20000"], "Training images per generated folder.")
 flags.DEFINE_list("methods", ["memory", "streaming", "keras", "tfrecord"], "Methods to time.")
 flags.DEFINE_integer("batch_size", 64, "Images per batch.")
+flags.DEFINE_integer("repeats", 2, "Timed epochs per (method, size), interleaved "
+                     "across methods; the median is reported.")
 flags.DEFINE_integer("source_size", 256, "Side of the generated JPEGs.")
 flags.DEFINE_integer("image_size", 224, "Side of the batches fed to the model.")
 flags.DEFINE_string("policy", "standard", "Augmentation policy applied to every method.")
@@ -175,15 +177,22 @@ def main(argv):
                 started = time.perf_counter()
                 data.to_tfrecord(f"folder:{folder}", f"{folder}-tfrecord", verbose=0)
                 conversions[size] = time.perf_counter() - started
-            keras_rate = None
-            for method in FLAGS.methods:
-                row = {"size": size, "method": method, **_run_measure(method, folder)}
-                if method == "keras":
-                    keras_rate = row["images_per_s"]
+            runs = {method: [] for method in FLAGS.methods}
+            for _ in range(FLAGS.repeats):  # Interleaved: machine load hits all alike.
+                for method in FLAGS.methods:
+                    runs[method].append(_run_measure(method, folder))
+            for method, results in runs.items():
+                row = {"size": size, "method": method, "repeats": len(results)}
+                for name in results[0]:
+                    row[name] = float(np.median([r[name] for r in results]))
+                row["images_per_s_all"] = [r["images_per_s"] for r in results]
                 rows.append(row)
-                print(f"{size} images, {method}: {row['images_per_s']:.0f} images/s, first "
-                      f"batch {row['first_batch_s']:.1f} s, peak RSS "
-                      f"{row['peak_rss_mb']:.0f} MB", flush=True)
+                print(f"{size} images, {method}: {row['images_per_s']:.0f} images/s "
+                      f"(median of {len(results)}), first batch "
+                      f"{row['first_batch_s']:.1f} s, peak RSS {row['peak_rss_mb']:.0f} MB",
+                      flush=True)
+            keras_rate = next((row["images_per_s"] for row in rows
+                               if row["size"] == size and row["method"] == "keras"), None)
             for row in rows:
                 if row["size"] == size and keras_rate:
                     row["vs_keras"] = row["images_per_s"] / keras_rate
@@ -201,8 +210,9 @@ def main(argv):
     conversion = ", ".join(f"{size} images {s:.0f} s" for size, s in conversions.items())
     text = (f"# Data throughput\n\n{machine}; {FLAGS.source_size}x{FLAGS.source_size} "
             f"JPEGs fed as {FLAGS.image_size}x{FLAGS.image_size} batches of "
-            f"{FLAGS.batch_size} through the `{FLAGS.policy}` augmentation, one epoch "
-            "each, one process per row.\n\n" + _table(rows) + "\n\n"
+            f"{FLAGS.batch_size} through the `{FLAGS.policy}` augmentation; per row "
+            f"the median of {FLAGS.repeats} epochs, each in its own process, "
+            "interleaved across methods.\n\n" + _table(rows) + "\n\n"
             f"TFRecord conversion (once): {conversion or 'not run'}.\n")
     (out / "data_throughput.md").write_text(text)
     print(text)

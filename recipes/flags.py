@@ -78,7 +78,7 @@ def _define_data_flags():
                       "With --image_size: stretch to fit, or keep the aspect ratio "
                       "and crop the centre or pad with black.")
     flags.DEFINE_string("cache", "auto", "auto (in memory when the decoded images "
-                        "fit in a quarter of the free memory, else streamed), memory, "
+                        "take at most a tenth of the free memory, else streamed), memory, "
                         "none (streamed: decoded every epoch) or disk:PATH.")
     flags.DEFINE_enum("on_bad_image", "error", ["error", "skip"],
                       "A file that cannot be decoded stops the run naming it "

@@ -226,3 +226,18 @@ def test_drop_remainder_gives_static_batches(generated):
 def test_new_arguments_are_validated(kwargs, name):
     with pytest.raises(ValueError, match=f"Invalid value for `{name}`"):
         data.load("cifar10_mini", **kwargs)
+
+
+def test_tfds_streams_the_same_splits():
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=40):
+        memory, streamed = _both("tfds:mnist", batch_size=8, classes="3,1,7,0,2,4,5,6,8,9")
+    assert streamed.cache == "none" and streamed.image_shape == (28, 28, 3)
+    assert (memory.num_train, memory.num_validation, memory.num_test) == (
+        streamed.num_train, streamed.num_validation, streamed.num_test)
+    for split in ("validation", "test"):
+        for got, expected in zip(_arrays(getattr(streamed, split)),
+                                 _arrays(getattr(memory, split))):
+            np.testing.assert_array_equal(got, expected)
+    got, expected = _arrays(streamed.train), _arrays(memory.train)
+    assert sorted(got[1]) == sorted(expected[1])

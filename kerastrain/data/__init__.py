@@ -28,8 +28,10 @@ decided, before a pixel is decoded), then takes one of two paths:
 
 `cache="auto"` (the default) keeps data in memory when its decoded size
 (images x height x width x 3 bytes, at `image_size` or the first image's
-size) is at most `MEMORY_FRACTION` of the memory available now (Linux:
-`MemAvailable` of `/proc/meminfo`), and streams it otherwise. Both paths
+size) is at most `MEMORY_FRACTION` (1/10) of the memory available now
+(Linux: `MemAvailable` of `/proc/meminfo`), and streams it otherwise: the
+in-memory path peaks at about 3x the decoded size (the array, its tensor
+and the training shuffle buffer; benchmarks/data_throughput.py). Both paths
 give the same splits, labels, class order and few-shot draw; for a folder
 they give the same images in the same seeded order too.
 """
@@ -54,7 +56,7 @@ from kerastrain.data._tfds import DataNotPreparedError  # noqa: F401 (re-exporte
 from kerastrain.data._tfrecord import to_tfrecord  # noqa: F401
 
 DEFAULT_TEST_FRACTION = 0.2
-MEMORY_FRACTION = 0.25
+MEMORY_FRACTION = 0.1
 CACHE_MODES = ("auto", "memory", "none", "disk:PATH")
 BAD_IMAGE_MODES = ("error", "skip")
 # One random stream per purpose, so that no draw depends on another.
@@ -264,7 +266,9 @@ def _in_memory(source, parts, *, image_size, resize_mode, on_bad_image, batch_si
         images, position = _decoded_split(source, part.stored, image_size, resize_mode,
                                           on_bad_image)
         keep = position[part.indices] >= 0
-        images = images[position[part.indices[keep]]]
+        rows = position[part.indices[keep]]
+        if not np.array_equal(rows, np.arange(len(images))):  # Else: no copy.
+            images = images[rows]
         shape = shape or images.shape[1:]
         counts[key] = len(images)
         ds = tf.data.Dataset.from_tensor_slices((images, part.labels[keep]))

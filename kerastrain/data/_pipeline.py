@@ -152,7 +152,8 @@ def materialize(elements, read, count, image_size, resize_mode, title):
     """
     bar = _io.progress(count, title, unit_name="image") if count > _PROGRESS_IMAGES else None
     try:
-        return _materialize_batched(elements, read, image_size, resize_mode, bar)
+        return _materialize_batched(elements, read, count, image_size, resize_mode,
+                                    bar)
     except tf.errors.OpError:
         pass  # Found below, file by file.
     ds = decoded(elements.map(lambda payload, name: (payload, 0, name)), read,
@@ -165,7 +166,7 @@ def materialize(elements, read, count, image_size, resize_mode, title):
     return [image for image, flag in zip(images, ok) if flag], ok
 
 
-def _materialize_batched(elements, read, image_size, resize_mode, bar):
+def _materialize_batched(elements, read, count, image_size, resize_mode, bar):
     def image_of(payload, name):
         del name
         image = decode_image(read(payload))
@@ -173,14 +174,15 @@ def _materialize_batched(elements, read, image_size, resize_mode, bar):
 
     ds = elements.map(image_of, num_parallel_calls=tf.data.AUTOTUNE)
     shape = (image_size or next(iter(ds.take(1))).shape[:2]) + (3,)
-    batches = []
+    images = np.empty((count,) + tuple(shape), np.uint8)  # Filled in place.
+    done = 0
     for batch in ds.map(lambda image: tf.ensure_shape(image, shape)).batch(
-            1024).as_numpy_iterator():
-        batches.append(batch)
+            256).as_numpy_iterator():
+        images[done:done + len(batch)] = batch
+        done += len(batch)
         if bar is not None:
-            bar.update(sum(len(b) for b in batches))
-    images = np.concatenate(batches) if batches else np.zeros((0,) + shape, np.uint8)
-    return images, np.ones(len(images), bool)
+            bar.update(done)
+    return images[:done], np.ones(done, bool)
 
 
 def shuffle_buffer(image_bytes, count, budget=256 << 20):

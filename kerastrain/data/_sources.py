@@ -13,6 +13,7 @@ encoded bytes)` streamed in stored order (TFRecord shards, TFDS).
 import os
 import pathlib
 import re
+import time
 
 import numpy as np
 import tensorflow as tf
@@ -29,8 +30,8 @@ TFRECORD_FORMAT = "kerastrain-tfrecord"
 TFRECORD_FEATURES = {"image": tf.io.FixedLenFeature([], tf.string),
                      "label": tf.io.FixedLenFeature([], tf.int64),
                      "index": tf.io.FixedLenFeature([], tf.int64)}
-# Folders with more files than this say how far listing them has got.
-_LIST_PROGRESS_FILES = 20_000
+# Listing that takes longer than this many seconds says how far it has got.
+_LIST_PROGRESS_SECONDS = 2.0
 
 
 class FolderSource:
@@ -194,7 +195,7 @@ class _Listing:
     """Lists class folders; says how far it got once there are many files."""
 
     def __init__(self):
-        self.count, self._bar = 0, None
+        self.count, self._bar, self._start = 0, None, time.monotonic()
 
     def images(self, folder, class_names, required):
         """Returns sorted [(path, label)] of the images in folder/<class>/."""
@@ -219,7 +220,8 @@ class _Listing:
 
     def _advance(self, count, folder):
         self.count += count
-        if self._bar is None and self.count >= _LIST_PROGRESS_FILES:
+        if self._bar is None and (
+                time.monotonic() - self._start > _LIST_PROGRESS_SECONDS):
             self._bar = _io.progress(None, f"Listing {folder.parent}", unit_name="file")
         if self._bar is not None:
             self._bar.update(self.count)
