@@ -54,6 +54,6 @@ def test_family_fine_tunes_and_exports(name, batch, tmp_path):
     assert names == list(batch.class_names)
     images = np.random.default_rng(0).integers(0, 256, (2, 48, 40, 3), dtype=np.uint8)
     served = serve(images)["probabilities"]
-    x = tf.image.resize(images, (32, 32))
+    x = tf.cast(kt.data.resize(tf.constant(images), (32, 32)), tf.float32)  # as training resizes
     expected = keras.ops.convert_to_numpy(keras.ops.softmax(model(x, training=False)))
     np.testing.assert_allclose(served, expected, atol=1e-4)
