@@ -80,6 +80,8 @@ def test_auto_streams_when_memory_is_short(generated, monkeypatch):
     streamed = data.load(f"folder:{generated}")
     assert streamed.cache == "none"
     assert streamed.image_shape == (96, 96, 3)
+    # Its length is known, as Keras wants it for steps per epoch.
+    assert int(streamed.train.cardinality()) == -(-streamed.num_train // 64)
 
 
 def _mixed_folder(root):
@@ -144,6 +146,18 @@ def test_streamed_corrupt_file_is_named(tmp_path):
         _arrays(streamed.train)
     with pytest.raises(ValueError, match=f"Cannot decode image '{bad}'"):
         data.load(f"folder:{tmp_path}", cache="memory")
+
+
+def test_streamed_bad_files_at_the_end_are_named(tmp_path):
+    _with_corrupt_file(tmp_path)
+    for name in ("zzzz_a.jpg", "zzzz_b.jpg"):  # The test split's last two files.
+        (tmp_path / "test" / "dog" / name).write_bytes(b"not an image")
+    streamed = data.load(f"folder:{tmp_path}", cache="none", validation_fraction=0,
+                         on_bad_image="skip")
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"Cannot decode image.*zzzz_b\.jpg.*\(and.*1.*more before it"):
+        _arrays(data.load(f"folder:{tmp_path}", cache="none", validation_fraction=0).test)
+    assert len(_arrays(streamed.test)[1]) == 24 and streamed.num_test == 26
 
 
 def test_corrupt_file_is_skipped_and_counted(tmp_path, capfd):

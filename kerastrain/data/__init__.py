@@ -59,6 +59,8 @@ DEFAULT_TEST_FRACTION = 0.2
 MEMORY_FRACTION = 0.1
 CACHE_MODES = ("auto", "memory", "none", "disk:PATH")
 BAD_IMAGE_MODES = ("error", "skip")
+# A guess at an encoded image's size, for the shuffle buffer of a stream.
+_ENCODED_BYTES = 50_000
 # One random stream per purpose, so that no draw depends on another.
 _TEST_STREAM, _VALIDATION_STREAM, _FEW_SHOT_STREAM = 1, 2, 3
 
@@ -326,19 +328,17 @@ def _stacked(images, names):
 def _streamed(source, part, key, shape, cache, *, image_size, resize_mode,
               on_bad_image, batch_size, drop_remainder, seed):
     """One split read, decoded and resized by `tf.data` every epoch."""
-    shuffle = key == "train"
-    image_bytes = int(np.prod(shape))
+    shuffle = key == "train" and cache == "none"  # A disk cache shuffles later.
+    # Each worker of a cluster reads (and decodes) only its own files.
+    sharded = shuffle and source.random_access and _distribute.cluster_size() > 1
     if source.random_access:
         names = source.names(part.stored)[part.indices].astype(str)
-        payloads = source.elements(part.stored, part.indices).map(lambda p, _: p)
-        ds = tf.data.Dataset.zip(payloads, tf.data.Dataset.from_tensor_slices(
-            (part.labels, names)))
-        ds = ds.map(lambda p, labeled: (p, *labeled))
-        if shuffle and cache == "none":
+        ds = tf.data.Dataset.from_tensor_slices(
+            (source.payloads(part.stored, part.indices), part.labels, names))
+        if shuffle:
             ds = ds.shuffle(len(names), seed=seed, reshuffle_each_iteration=True)
-            if _distribute.cluster_size() > 1:  # Each worker reads its own files.
-                ds = ds.shard(tf.data.experimental.SHARD_HINT,
-                              tf.data.experimental.SHARD_HINT)
+        if sharded:
+            ds = ds.shard(tf.data.experimental.SHARD_HINT, tf.data.experimental.SHARD_HINT)
     else:
         label_of = np.full(len(source.labels[part.stored]), -1, np.int64)
         label_of[part.indices] = part.labels
@@ -348,22 +348,26 @@ def _streamed(source, part, key, shape, cache, *, image_size, resize_mode,
         ds = ds.map(lambda index, encoded: (encoded, tf.gather(label_of, index),
                                             tf.gather(names, index)))
         ds = ds.filter(lambda encoded, label, name: label >= 0)
-        if shuffle and cache == "none":
-            ds = ds.shuffle(_pipeline.shuffle_buffer(50_000, len(part.labels)),
+        if shuffle:
+            ds = ds.shuffle(_pipeline.shuffle_buffer(_ENCODED_BYTES, len(part.labels)),
                             seed=seed, reshuffle_each_iteration=True)
-    ds = _pipeline.settled(_pipeline.decoded(ds, _read_of(source), image_size,
-                                             resize_mode), on_bad_image, shape)
+    ds = _pipeline.streamed(ds, _read_of(source), image_size, resize_mode,
+                            on_bad_image, shape)
+    if on_bad_image == "error" and _distribute.cluster_size() == 1:
+        # Known (a cluster's workers each read a part): Keras then need not
+        # find the steps of an epoch by running out of data, with a warning.
+        ds = ds.apply(tf.data.experimental.assert_cardinality(len(part.labels)))
     if cache != "none":
         ds = ds.cache(_cache_file(cache, source, part, key, image_size, resize_mode))
-        if shuffle:
-            ds = ds.shuffle(_pipeline.shuffle_buffer(image_bytes, len(part.labels)),
+        if key == "train":
+            ds = ds.shuffle(_pipeline.shuffle_buffer(int(np.prod(shape)), len(part.labels)),
                             seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+    if not sharded:
+        return ds
     options = tf.data.Options()
-    if source.random_access and shuffle and cache == "none" and (
-            _distribute.cluster_size() > 1):
-        options.experimental_distribute.auto_shard_policy = (
-            tf.data.experimental.AutoShardPolicy.HINT)
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.HINT)
     return ds.with_options(options)
 
 

@@ -6,11 +6,12 @@ same pixels, and the exported model's serving signatures (which call the
 same two functions) see what training saw.
 
 A file that cannot be decoded must be named (or skipped and counted), but a
-failing op inside `tf.data` names nothing. Each file is therefore decoded in
-a one-element dataset whose failure is dropped by `ignore_errors` and
-replaced by a flagged placeholder: `(image, ok)` comes out either way, in
-parallel (`interleave`, deterministic order), and the placeholder is turned
-into an error naming the file, or skipped with a warning.
+failing op inside `tf.data` names nothing. The streamed pipeline therefore
+numbers its elements and hands each the name of the one before it; the
+parallel decode's failures are dropped by `ignore_errors`, and the gap they
+leave in the numbers names the file (the element after the gap carries its
+name), in an error or in a warning. A last element that never fails closes
+the sequence, so a bad last file is caught too.
 """
 
 import sys
@@ -80,65 +81,62 @@ def resize(image, size, mode="stretch"):
     return tf.ensure_shape(tf.cond(same, lambda: image, resized), static)
 
 
-def decoded(elements, read, image_size, resize_mode):
-    """Maps `(payload, label, name)` to `(image, label, name, ok)` in parallel.
+def streamed(elements, read, image_size, resize_mode, on_bad_image, shape):
+    """Maps `(payload, label, name)` to `(image, label)`, decoded in parallel.
 
-    `read(payload)` gives the encoded bytes; `ok` is False (and the image a
-    black placeholder) when reading or decoding failed.
+    A file that cannot be read or decoded is named in an error that stops
+    iteration (`on_bad_image="error"`), or skipped with a warning line that
+    counts the skipped files (`"skip"`); an image of another size than
+    `shape` stops iteration with an error naming it.
     """
-    placeholder = tf.zeros((image_size or (1, 1)) + (3,), tf.uint8)
+    end = tf.data.Dataset.from_tensors((tf.constant(""), tf.constant(-1, tf.int64),
+                                        tf.constant("")))
+    # Number the elements and give each the name of the one before it: the
+    # name a gap left by `ignore_errors` is reported under.
+    ds = elements.concatenate(end).enumerate().scan(
+        tf.constant(""), lambda previous, e: (e[1][2], (e[0], *e[1], previous)))
 
-    def attempt(payload, label, name):
-        def image_of(p):
-            image = decode_image(read(p))
-            if image_size is not None:
-                image = resize(image, image_size, resize_mode)
-            return image, True
+    def image_of(number, payload, label, name, previous):
+        def image():
+            x = decode_image(read(payload))
+            return x if image_size is None else resize(x, image_size, resize_mode)
 
-        fallback = tf.data.Dataset.from_tensors((placeholder, False))
-        one = (tf.data.Dataset.from_tensors(payload).map(image_of).ignore_errors()
-               .concatenate(fallback).take(1))
-        return one.map(lambda image, ok: (image, label, name, ok))
+        x = tf.cond(label < 0, lambda: tf.zeros(shape, tf.uint8), image)  # The end.
+        size = tf.shape(x)[:2]
+        sized = tf.reduce_all(tf.equal(size, shape[:2]))
+        x = tf.ensure_shape(tf.cond(sized, lambda: x, lambda: tf.zeros(shape, tf.uint8)),
+                            shape)
+        return number, x, label, name, previous, size
 
-    return elements.interleave(attempt, num_parallel_calls=tf.data.AUTOTUNE,
-                               deterministic=True)
+    ds = ds.map(image_of, num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True).ignore_errors()
 
+    def checked(state, element):
+        # Scalars only: the image passes through untouched.
+        expected, skipped = state
+        number, image, label, name, previous, size = element
+        missing = number - expected
+        if on_bad_image == "error":
+            bad = tf.debugging.Assert(tf.equal(missing, 0), [
+                "Cannot decode image", previous, "(and", missing - 1, "more before it"
+                "); replace or delete the file (kerastrain.data.check_folder finds "
+                "every such file), or load with on_bad_image set to skip"])
+        else:
+            bad = tf.cond(missing > 0, lambda: tf.print(
+                "WARNING: kerastrain.data skipped unreadable image", previous, "(and",
+                missing - 1, "more before it;", skipped + missing, "skipped so far "
+                "this pass; on_bad_image set to skip)", output_stream=sys.stderr),
+                tf.no_op)
+        sized = tf.debugging.Assert(tf.reduce_all(tf.equal(size, shape[:2])), [
+            "Image", name, "has size", size, "(height, width) but the first image "
+            f"has size {tuple(shape[:2])}; pass image_size= to resize all images "
+            "to one size"])
+        with tf.control_dependencies([bad, sized]):
+            label = tf.identity(label)
+        return (number + 1, skipped + missing), (image, label)
 
-def settled(ds, on_bad_image, shape):
-    """Turns `(image, label, name, ok)` into `(image, label)`.
-
-    A failed image stops iteration with an error naming it
-    (`on_bad_image="error"`) or is skipped with a warning line that counts
-    the skipped images (`"skip"`); an image of another size than `shape`
-    stops iteration with an error naming it.
-    """
-    if on_bad_image == "skip":
-        def count(skipped, element):
-            _, _, name, ok = element
-            skipped += tf.cast(tf.logical_not(ok), tf.int64)
-            warn = tf.cond(ok, tf.no_op, lambda: tf.print(
-                "WARNING: kerastrain.data skipped unreadable image", name,
-                "(", skipped, "skipped so far this pass; on_bad_image='skip')",
-                output_stream=sys.stderr))
-            with tf.control_dependencies([warn]):
-                return skipped, tf.nest.map_structure(tf.identity, element)
-
-        ds = ds.scan(tf.constant(0, tf.int64), count).filter(lambda *e: e[3])
-
-    def checked(image, label, name, ok):
-        good = tf.debugging.Assert(ok, [
-            "Cannot decode image", name, "; replace or delete the file (find all such "
-            "files with kerastrain.data.check_folder), or load with on_bad_image "
-            "set to skip"])
-        sized = tf.debugging.Assert(
-            tf.reduce_all(tf.equal(tf.shape(image)[:2], shape[:2])),
-            ["Image", name, "has size", tf.shape(image)[:2], "(height, width) but "
-             f"the first image has size {tuple(shape[:2])}; pass image_size= to "
-             "resize all images to one size"])
-        with tf.control_dependencies([good, sized]):
-            return tf.ensure_shape(tf.identity(image), shape), label
-
-    return ds.map(checked, num_parallel_calls=tf.data.AUTOTUNE)
+    zero = tf.constant(0, tf.int64)
+    return ds.scan((zero, zero), checked).filter(lambda image, label: label >= 0)
 
 
 def materialize(elements, read, count, image_size, resize_mode, title):
@@ -156,14 +154,21 @@ def materialize(elements, read, count, image_size, resize_mode, title):
                                     bar)
     except tf.errors.OpError:
         pass  # Found below, file by file.
-    ds = decoded(elements.map(lambda payload, name: (payload, 0, name)), read,
-                 image_size, resize_mode)
+
+    @tf.function
+    def image_of(payload):
+        image = decode_image(read(payload))
+        return image if image_size is None else resize(image, image_size, resize_mode)
+
     images, ok = [], []
-    for image, _, _, flag in ds.as_numpy_iterator():
-        images.append(image)
-        ok.append(flag)
-    ok = np.asarray(ok, bool)
-    return [image for image, flag in zip(images, ok) if flag], ok
+    for payload, _ in elements:
+        try:
+            images.append(image_of(payload).numpy())
+        except tf.errors.OpError:
+            ok.append(False)
+        else:
+            ok.append(True)
+    return images, np.asarray(ok, bool)
 
 
 def _materialize_batched(elements, read, count, image_size, resize_mode, bar):

@@ -50,8 +50,12 @@ class FolderSource:
     def names(self, key):
         return self._paths[key]
 
+    def payloads(self, key, indices):
+        """What `read` takes for `indices` of split `key`: their paths."""
+        return self._paths[key][indices].astype(str)
+
     def elements(self, key, indices):
-        paths = self._paths[key][indices].astype(str)
+        paths = self.payloads(key, indices)
         return tf.data.Dataset.from_tensor_slices((paths, paths))
 
     @staticmethod
