@@ -4,16 +4,14 @@ parts are disjoint and together the whole training split, once per epoch."""
 
 import collections
 import hashlib
-import json
 import pathlib
-import subprocess
 import sys
 
 import pytest
 
 import kerastrain
 from kerastrain import data
-from test_distribute import _env, _free_ports
+from test_distribute import run_cluster
 
 SCRIPT = pathlib.Path(__file__).parent / "sharded_reading.py"
 MINI = pathlib.Path(kerastrain.__file__).parent / "datasets" / "cifar10_mini"
@@ -30,24 +28,9 @@ def folder(tmp_path_factory):
 
 
 def _cluster_reads(spec, tmp_path):
-    ports = _free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
-    workers, outputs = [], []
-    for index in range(2):
-        outputs.append(tmp_path / f"worker_{index}.txt")
-        config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        workers.append(subprocess.Popen(
-            [sys.executable, str(SCRIPT), spec, str(outputs[-1])],
-            env=_env(TF_CONFIG=config), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True))
-    try:
-        logs = [worker.communicate(timeout=150) for worker in workers]
-    finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
-    for worker, (_, stderr) in zip(workers, logs):
-        assert worker.returncode == 0, stderr[-3000:]
+    outputs = [tmp_path / f"worker_{index}.txt" for index in range(2)]
+    run_cluster([[sys.executable, str(SCRIPT), spec, str(output)] for output in outputs],
+                timeout=150)
     return [output.read_text().split() for output in outputs]
 
 

@@ -121,26 +121,32 @@ def test_global_batch_and_learning_rate_scaling():
         distribute.learning_rate_factor(0)
 
 
-@pytest.mark.timeout(300)
-def test_multi_worker_cluster_agrees_on_final_weights(tmp_path):
-    ports = _free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
-    workers, outputs = [], []
-    for index in range(2):
-        outputs.append(tmp_path / f"worker_{index}.npz")
+def run_cluster(commands, timeout):
+    """Runs one worker process per command as a MultiWorkerMirroredStrategy
+    cluster on 127.0.0.1 (each gets its TF_CONFIG) and waits for all; each
+    must succeed."""
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(len(commands))]}
+    workers = []
+    for index, command in enumerate(commands):
         config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
         workers.append(subprocess.Popen(
-            [sys.executable, SCRIPT, "multi_worker", str(outputs[-1]), "--batch_norm"],
-            env=_env(TF_CONFIG=config), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True))
+            command, env=_env(TF_CONFIG=config), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True))
     try:
-        logs = [worker.communicate(timeout=240) for worker in workers]
+        logs = [worker.communicate(timeout=timeout) for worker in workers]
     finally:
         for worker in workers:
             if worker.poll() is None:
                 worker.kill()
     for worker, (_, stderr) in zip(workers, logs):
         assert worker.returncode == 0, stderr[-3000:]
+
+
+@pytest.mark.timeout(300)
+def test_multi_worker_cluster_agrees_on_final_weights(tmp_path):
+    outputs = [tmp_path / f"worker_{index}.npz" for index in range(2)]
+    run_cluster([[sys.executable, SCRIPT, "multi_worker", str(output), "--batch_norm"]
+                 for output in outputs], timeout=240)
     runs = [dict(np.load(output)) for output in outputs]
     assert [int(run["replicas"]) for run in runs] == [2, 2]
     for run in runs:

@@ -17,7 +17,8 @@ subset, nor names the file when an image is corrupt or of an odd size.
 decided, before a pixel is decoded), then takes one of two paths:
 
 - in memory (`cache="memory"`): each image is decoded once, in parallel,
-  into one array (cached per folder, size and modification times), and
+  into one array (kept for the next `load` of the same files, size and
+  modification times, up to 512 MB of such arrays in all), and
   `tf.data` only shuffles and batches. Best for data that fits: the epoch
   costs no decoding.
 - streamed (`cache="none"`, or `"disk:PATH"`): `tf.data` reads, decodes and
@@ -36,8 +37,8 @@ give the same splits, labels, class order and few-shot draw; for a folder
 they give the same images in the same seeded order too.
 """
 
+import collections
 import dataclasses
-import functools
 import hashlib
 import os
 import warnings
@@ -61,6 +62,9 @@ CACHE_MODES = ("auto", "memory", "none", "disk:PATH")
 BAD_IMAGE_MODES = ("error", "skip")
 # A guess at an encoded image's size, for the shuffle buffer of a stream.
 _ENCODED_BYTES = 50_000
+# Decoded stored splits kept for the next load(), up to this many bytes in
+# all (least recently used out): small data is decoded once per process.
+_DECODED, _DECODED_BYTES = collections.OrderedDict(), 512 << 20
 # One random stream per purpose, so that no draw depends on another.
 _TEST_STREAM, _VALIDATION_STREAM, _FEW_SHOT_STREAM = 1, 2, 3
 
@@ -243,7 +247,7 @@ def _first_shape(source, part):
     """The size of the first decodable image among the first few of `part`."""
     indices = part.indices[:16]
     images, _ = _pipeline.materialize(_elements(source, part.stored, indices),
-                                      _read_of(source), len(indices), None,
+                                      source.read, len(indices), None,
                                       "stretch", "")
     if not len(images):
         raise ValueError("None of the first images could be decoded (e.g. "
@@ -283,8 +287,7 @@ def _in_memory(source, parts, *, image_size, resize_mode, on_bad_image, batch_si
 
 def _decoded_split(source, stored, image_size, resize_mode, on_bad_image):
     """All images of a stored split, and each index's row in them (-1: bad)."""
-    images, ok = _decode_cached(source.identity(stored), source, stored, image_size,
-                                resize_mode)
+    images, ok = _decode_cached(source, stored, image_size, resize_mode)
     bad = source.names(stored)[~ok]
     if len(bad) and on_bad_image == "error":
         raise ValueError(f"Cannot decode image {bad[0]!r}"
@@ -298,18 +301,24 @@ def _decoded_split(source, stored, image_size, resize_mode, on_bad_image):
     return images, np.where(ok, np.cumsum(ok) - 1, -1)
 
 
-@functools.lru_cache(maxsize=8)
-def _decode_cached(identity, source, stored, image_size, resize_mode):
-    """Decodes once per identity (paths and modification times), size, mode."""
-    del identity  # Only the cache key: edited files are decoded again.
+def _decode_cached(source, stored, image_size, resize_mode):
+    """Decodes a stored split once per identity (its paths and modification
+    times: edited files are decoded again), size and mode."""
+    key = (source.identity(stored), image_size, resize_mode)
+    if key in _DECODED:
+        _DECODED.move_to_end(key)
+        return _DECODED[key]
     names = source.names(stored)
     images, ok = _pipeline.materialize(
-        _elements(source, stored, np.arange(len(names))), _read_of(source),
+        _elements(source, stored, np.arange(len(names))), source.read,
         len(names), image_size, resize_mode, f"Decoding {stored}")
     if isinstance(images, list):
         images = _stacked(images, names[ok]) if images else np.zeros(
             (0,) + (image_size or (1, 1)) + (3,), np.uint8)
     images.flags.writeable = False  # Shared by every load() that hits the cache.
+    _DECODED[key] = images, ok
+    while sum(images.nbytes for images, _ in _DECODED.values()) > _DECODED_BYTES:
+        _DECODED.popitem(last=False)
     return images, ok
 
 
@@ -351,7 +360,7 @@ def _streamed(source, part, key, shape, cache, *, image_size, resize_mode,
         if shuffle:
             ds = ds.shuffle(_pipeline.shuffle_buffer(_ENCODED_BYTES, len(part.labels)),
                             seed=seed, reshuffle_each_iteration=True)
-    ds = _pipeline.streamed(ds, _read_of(source), image_size, resize_mode,
+    ds = _pipeline.streamed(ds, source.read, image_size, resize_mode,
                             on_bad_image, shape)
     if on_bad_image == "error" and _distribute.cluster_size() == 1:
         # Known (a cluster's workers each read a part): Keras then need not
@@ -385,18 +394,14 @@ def _cache_file(cache, source, part, key, image_size, resize_mode):
 def _elements(source, stored, indices):
     """`(payload, name)` of `indices` of a stored split, in order."""
     if source.random_access:
-        return source.elements(stored, indices)
+        return tf.data.Dataset.from_tensor_slices(
+            (source.payloads(stored, indices), source.names(stored)[indices].astype(str)))
     keep = np.zeros(len(source.labels[stored]), bool)
     keep[indices] = True
     keep, names = tf.constant(keep), tf.constant(source.names(stored).astype(str))
     return source.stream(stored).filter(
         lambda index, _: tf.gather(keep, index)).map(
         lambda index, encoded: (encoded, tf.gather(names, index)))
-
-
-def _read_of(source):
-    """The function from a source's payload to encoded bytes."""
-    return source.read if source.random_access else (lambda encoded: encoded)
 
 
 # -- argument checks ----------------------------------------------------------

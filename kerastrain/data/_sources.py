@@ -4,10 +4,10 @@ A source knows, before any image is decoded, its class names and the labels
 of its stored splits (a folder's `train/`, `test/` and `val/`, or `all` for a
 flat folder; a TFDS or TFRecord set's splits). That is where the splits,
 class subsets, few-shot draws and the empty/unknown-class errors of
-`kerastrain.data.load` are decided. Images are then read by index as
-`tf.data` elements: `(payload, name)` for random-access sources, whose
-`read(payload)` gives the encoded bytes (a folder's paths), or `(index,
-encoded bytes)` streamed in stored order (TFRecord shards, TFDS).
+`kerastrain.data.load` are decided. Images are then read by index: a
+random-access source (a folder) gives the `payloads(key, indices)` of any
+subset (paths), a streamed one (TFRecord shards, TFDS) `stream(key)`s
+`(index, payload)` in stored order; `read(payload)` gives the encoded bytes.
 """
 
 import os
@@ -54,12 +54,9 @@ class FolderSource:
         """What `read` takes for `indices` of split `key`: their paths."""
         return self._paths[key][indices].astype(str)
 
-    def elements(self, key, indices):
-        paths = self.payloads(key, indices)
-        return tf.data.Dataset.from_tensor_slices((paths, paths))
-
     @staticmethod
     def read(path):
+        """The encoded bytes of a payload."""
         return tf.io.read_file(path)
 
     def identity(self, key):
@@ -72,6 +69,11 @@ class TFRecordSource:
     """Shards written by `kerastrain.data.to_tfrecord`; streamed in order."""
 
     random_access = False
+
+    @staticmethod
+    def read(encoded):
+        """The encoded bytes of a payload: streamed payloads are the bytes."""
+        return encoded
 
     def __init__(self, root):
         path = os.path.join(root, TFRECORD_METADATA)
@@ -124,6 +126,11 @@ class TFDSSource:
 
     random_access = False
 
+    @staticmethod
+    def read(encoded):
+        """The encoded bytes of a payload: streamed payloads are the bytes."""
+        return encoded
+
     def __init__(self, name, split_names, data_dir):
         self.builder, self.class_names, self._splits = _tfds.open_builder(
             name, split_names, data_dir)
@@ -142,7 +149,8 @@ class TFDSSource:
             lambda index, example: (index, example[0]))
 
     def identity(self, key):
-        return "tfds", self._name, self._splits[key], self.builder.data_dir
+        return ("tfds", self._name, self._splits[key], self.builder.data_dir,
+                str(self.builder.info.version), len(self.labels[key]))
 
 
 def resolve(spec, data_dir=None):
