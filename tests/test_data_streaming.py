@@ -255,3 +255,30 @@ def test_tfds_streams_the_same_splits():
             np.testing.assert_array_equal(got, expected)
     got, expected = _arrays(streamed.train), _arrays(memory.train)
     assert sorted(got[1]) == sorted(expected[1])
+
+
+def test_random_resized_crop_decodes_a_part_anew_each_epoch(generated):
+    jpeg = next(generated.glob("cat/*.jpg")).read_bytes()
+    seed = tf.constant([3, 0], tf.int64)
+    part = data.random_resized_crop(tf.constant(jpeg), (40, 40), (0.2, 0.3), seed)
+    # Decoding only the window (JPEG) gives the pixels a whole decode then cut gives.
+    whole = data.crop_decoded(data.decode_image(tf.constant(jpeg)), (40, 40),
+                              (0.2, 0.3), seed)
+    assert part.shape == (40, 40, 3)
+    np.testing.assert_allclose(part.numpy(), whole.numpy(), atol=2)
+    for cache in ("none", "memory"):
+        kwargs = dict(image_size=40, cache=cache, random_resized_crop=(0.2, 0.3))
+        loaded = data.load(f"folder:{generated}", **kwargs)
+        first, second = _arrays(loaded.train), _arrays(loaded.train)
+        np.testing.assert_array_equal(first[1], _arrays(
+            data.load(f"folder:{generated}", image_size=40, cache=cache).train)[1])
+        assert first[0].shape[1:] == (40, 40, 3) and not np.array_equal(first[0], second[0])
+        again = _arrays(data.load(f"folder:{generated}", **kwargs).train)
+        np.testing.assert_array_equal(again[0], first[0])  # Seeded.
+        # Validation and test are not cropped.
+        np.testing.assert_array_equal(_arrays(loaded.test)[0], _arrays(
+            data.load(f"folder:{generated}", image_size=40, cache=cache).test)[0])
+    with pytest.raises(ValueError, match="needs image_size"):
+        data.load("cifar10_mini", random_resized_crop=(0.5, 1.0))
+    with pytest.raises(ValueError, match="Invalid value for `random_resized_crop`"):
+        data.load("cifar10_mini", image_size=32, random_resized_crop=(0.5, 1.5))

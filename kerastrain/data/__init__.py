@@ -50,7 +50,8 @@ import tensorflow as tf
 from kerastrain import _checks, _io
 from kerastrain import distribute as _distribute
 from kerastrain.data import _pipeline, _sources
-from kerastrain.data._pipeline import RESIZE_MODES, decode_image, resize  # noqa: F401
+from kerastrain.data._pipeline import (  # noqa: F401
+    RESIZE_MODES, crop_decoded, decode_image, random_resized_crop, resize)
 from kerastrain.data._scan import FolderReport, check_folder  # noqa: F401
 from kerastrain.data._sources import IMAGE_EXTENSIONS  # noqa: F401
 from kerastrain.data._tfds import DataNotPreparedError  # noqa: F401 (re-exported)
@@ -109,7 +110,7 @@ class _Part:
 def load(spec="cifar10_mini", *, image_size=None, batch_size=64, classes=None,
          labels_per_class=None, validation_fraction=0.1, seed=0, data_dir=None,
          cache="auto", on_bad_image="error", resize_mode="stretch",
-         drop_remainder=False):
+         drop_remainder=False, random_resized_crop=None):
     """Loads an image classification dataset as batched `tf.data` splits.
 
     Grayscale, palette, CMYK and RGBA images are converted to RGB (alpha is
@@ -147,6 +148,13 @@ def load(spec="cifar10_mini", *, image_size=None, batch_size=64, classes=None,
             (aspect ratio kept, black borders). Defaults to `"stretch"`.
         drop_remainder: drop each split's last, smaller batch, so that every
             batch has the static shape TPUs need. Defaults to `False`.
+        random_resized_crop: `(low, high)` with `0 < low <= high <= 1`: each
+            training image becomes a random part of it covering that
+            fraction of its area (aspect ratio 3/4 to 4/3, the Inception
+            crop) resized to `image_size` (needed), drawn anew each epoch
+            from the seed. Streamed JPEGs decode only that part
+            (`tf.io.decode_and_crop_jpeg`); in memory the part is cut from
+            the stored `image_size` copy. Defaults to `None` (no crop).
 
     Returns:
         A `DataSplits`.
@@ -174,6 +182,7 @@ def load(spec="cifar10_mini", *, image_size=None, batch_size=64, classes=None,
     _checks.check("drop_remainder", drop_remainder, isinstance(drop_remainder, bool),
                   "True or False")
 
+    crop = _check_crop(random_resized_crop, image_size)
     source = _sources.resolve(spec, data_dir)
     class_names, parts = _parts(source, spec, classes, labels_per_class,
                                 validation_fraction, seed)
@@ -183,7 +192,7 @@ def load(spec="cifar10_mini", *, image_size=None, batch_size=64, classes=None,
             MEMORY_FRACTION * available_memory()) else "none"
     settings = dict(image_size=image_size, resize_mode=resize_mode,
                     on_bad_image=on_bad_image, batch_size=batch_size,
-                    drop_remainder=drop_remainder, seed=seed)
+                    drop_remainder=drop_remainder, seed=seed, crop=crop)
     if cache == "memory":
         splits, counts, shape = _in_memory(source, parts, **settings)
     else:
@@ -265,7 +274,7 @@ def _decoded_bytes(source, pixels):
 
 
 def _in_memory(source, parts, *, image_size, resize_mode, on_bad_image, batch_size,
-               drop_remainder, seed):
+               drop_remainder, seed, crop):
     """Splits decoded once into arrays: {key: dataset}, {key: count}, shape."""
     splits, counts, shape = {}, {}, None
     for key, part in parts.items():
@@ -280,6 +289,8 @@ def _in_memory(source, parts, *, image_size, resize_mode, on_bad_image, batch_si
         ds = tf.data.Dataset.from_tensor_slices((images, part.labels[keep]))
         if key == "train":
             ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+        if key == "train" and crop is not None:
+            ds = _cropped(ds, crop, image_size, seed)
         splits[key] = ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(
             tf.data.AUTOTUNE)
     return splits, counts, tuple(shape)
@@ -335,7 +346,7 @@ def _stacked(images, names):
 
 
 def _streamed(source, part, key, shape, cache, *, image_size, resize_mode,
-              on_bad_image, batch_size, drop_remainder, seed):
+              on_bad_image, batch_size, drop_remainder, seed, crop):
     """One split read, decoded and resized by `tf.data` every epoch."""
     shuffle = key == "train" and cache == "none"  # A disk cache shuffles later.
     # Each worker of a cluster reads (and decodes) only its own files.
@@ -360,8 +371,10 @@ def _streamed(source, part, key, shape, cache, *, image_size, resize_mode,
         if shuffle:
             ds = ds.shuffle(_pipeline.shuffle_buffer(_ENCODED_BYTES, len(part.labels)),
                             seed=seed, reshuffle_each_iteration=True)
-    ds = _pipeline.streamed(ds, source.read, image_size, resize_mode,
-                            on_bad_image, shape)
+    # Cropped as decoded; with a disk cache, after it (the cache holds whole images).
+    crop_now = crop is not None and key == "train" and cache == "none"
+    ds = _pipeline.streamed(ds, source.read, image_size, resize_mode, on_bad_image,
+                            shape, (crop, seed) if crop_now else None)
     if on_bad_image == "error" and _distribute.cluster_size() == 1:
         # Known (a cluster's workers each read a part): Keras then need not
         # find the steps of an epoch by running out of data, with a warning.
@@ -371,6 +384,8 @@ def _streamed(source, part, key, shape, cache, *, image_size, resize_mode,
         if key == "train":
             ds = ds.shuffle(_pipeline.shuffle_buffer(int(np.prod(shape)), len(part.labels)),
                             seed=seed, reshuffle_each_iteration=True)
+            if crop is not None:
+                ds = _cropped(ds, crop, image_size, seed)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
     if not sharded:
         return ds
@@ -378,6 +393,15 @@ def _streamed(source, part, key, shape, cache, *, image_size, resize_mode,
     options.experimental_distribute.auto_shard_policy = (
         tf.data.experimental.AutoShardPolicy.HINT)
     return ds.with_options(options)
+
+
+def _cropped(ds, crop, image_size, seed):
+    """`(image, label)` elements with each image a random resized crop of it."""
+    draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    return tf.data.Dataset.zip(ds, draws).map(
+        lambda example, draw: (_pipeline.crop_decoded(
+            example[0], image_size, crop, tf.stack([draw, tf.zeros_like(draw)])),
+            example[1]), num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def _cache_file(cache, source, part, key, image_size, resize_mode):
@@ -405,6 +429,20 @@ def _elements(source, stored, indices):
 
 
 # -- argument checks ----------------------------------------------------------
+
+
+def _check_crop(area, image_size):
+    if area is None:
+        return None
+    if not (isinstance(area, (tuple, list)) and len(area) == 2
+            and all(_checks.is_real(a) for a in area) and 0 < area[0] <= area[1] <= 1):
+        raise ValueError("Invalid value for `random_resized_crop`: expected None or "
+                         "(low, high) area fractions with 0 < low <= high <= 1, "
+                         f"received random_resized_crop={area!r}")
+    if image_size is None:
+        raise ValueError("Invalid value for `random_resized_crop`: it needs "
+                         "image_size= (the size crops are resized to)")
+    return float(area[0]), float(area[1])
 
 
 def _check_cache(cache):

@@ -81,13 +81,49 @@ def resize(image, size, mode="stretch"):
     return tf.ensure_shape(tf.cond(same, lambda: image, resized), static)
 
 
-def streamed(elements, read, image_size, resize_mode, on_bad_image, shape):
+def random_resized_crop(encoded, size, area, seed):
+    """Decodes a random part of an encoded image, resized to `size`.
+
+    The part covers a fraction in `area` `(low, high)` of the image with an
+    aspect ratio in [3/4, 4/3] (the Inception crop), drawn statelessly from
+    `seed` (shape `(2,)`). A JPEG decodes only that part
+    (`tf.io.decode_and_crop_jpeg`): at photo sizes most pixels are never
+    decoded. Other formats are decoded whole, then cut (`crop_decoded`).
+    """
+    def jpeg():
+        begin, extent = _window(tf.io.extract_jpeg_shape(encoded), area, seed)
+        part = tf.io.decode_and_crop_jpeg(
+            encoded, tf.stack([begin[0], begin[1], extent[0], extent[1]]), channels=3,
+            dct_method="INTEGER_ACCURATE")
+        return resize(tf.ensure_shape(part, [None, None, 3]), size)
+
+    return tf.cond(tf.io.is_jpeg(encoded), jpeg,
+                   lambda: crop_decoded(decode_image(encoded), size, area, seed))
+
+
+def crop_decoded(image, size, area, seed):
+    """`random_resized_crop` of a decoded uint8 image."""
+    begin, extent = _window(tf.shape(image), area, seed)
+    return resize(tf.slice(image, begin, extent), size)
+
+
+def _window(shape, area, seed):
+    begin, extent, _ = tf.image.stateless_sample_distorted_bounding_box(
+        shape, tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seed, min_object_covered=0.0,
+        aspect_ratio_range=(3 / 4, 4 / 3), area_range=area, max_attempts=10,
+        use_image_if_no_bounding_boxes=True)
+    return begin, extent
+
+
+def streamed(elements, read, image_size, resize_mode, on_bad_image, shape, crop=None):
     """Maps `(payload, label, name)` to `(image, label)`, decoded in parallel.
 
     A file that cannot be read or decoded is named in an error that stops
     iteration (`on_bad_image="error"`), or skipped with a warning line that
     counts the skipped files (`"skip"`); an image of another size than
-    `shape` stops iteration with an error naming it.
+    `shape` stops iteration with an error naming it. With `crop`, `(area,
+    seed)`, each image is a `random_resized_crop` with a new draw per
+    element and epoch, reproducible from `seed`.
     """
     end = tf.data.Dataset.from_tensors((tf.constant(""), tf.constant(-1, tf.int64),
                                         tf.constant("")))
@@ -96,8 +132,15 @@ def streamed(elements, read, image_size, resize_mode, on_bad_image, shape):
     ds = elements.concatenate(end).enumerate().scan(
         tf.constant(""), lambda previous, e: (e[1][2], (e[0], *e[1], previous)))
 
-    def image_of(number, payload, label, name, previous):
+    if crop is not None:  # A draw per element, new each epoch.
+        draws = tf.data.Dataset.random(seed=crop[1], rerandomize_each_iteration=True)
+        ds = tf.data.Dataset.zip(ds, draws).map(lambda element, draw: (*element, draw))
+
+    def image_of(number, payload, label, name, previous, draw=None):
         def image():
+            if crop is not None:
+                return random_resized_crop(read(payload), image_size, crop[0],
+                                           tf.stack([draw, tf.zeros_like(draw)]))
             x = decode_image(read(payload))
             return x if image_size is None else resize(x, image_size, resize_mode)
 
