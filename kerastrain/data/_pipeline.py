@@ -129,8 +129,12 @@ def streamed(elements, read, image_size, resize_mode, on_bad_image, shape, crop=
                                         tf.constant("")))
     # Number the elements and give each the name of the one before it: the
     # name a gap left by `ignore_errors` is reported under.
-    ds = elements.concatenate(end).enumerate().scan(
-        tf.constant(""), lambda previous, e: (e[1][2], (e[0], *e[1], previous)))
+    def numbered(state, element):
+        number, previous = state
+        return (number + 1, element[2]), (number, *element, previous)
+
+    ds = elements.concatenate(end).scan((tf.constant(0, tf.int64), tf.constant("")),
+                                        numbered)
 
     if crop is not None:  # A draw per element, new each epoch.
         draws = tf.data.Dataset.random(seed=crop[1], rerandomize_each_iteration=True)
