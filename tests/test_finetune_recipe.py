@@ -167,6 +167,20 @@ def test_features_mode_fits_a_linear_probe(tmp_path, backbone_file, test_split):
         metrics["test_accuracy"], abs=1e-6)
 
 
+def test_larger_images_stream_through_a_backbone_trained_at_32(tmp_path, backbone_file):
+    # Photos at another size than the backbone learnt: streamed (decoded and
+    # resized by tf.data each epoch), resized back to 32x32 inside the model.
+    config = _tiny(tmp_path, backbone_file, image_size=64, cache="none",
+                   export_dir=str(tmp_path / "export"))
+    metrics = finetune.run(config)
+    assert metrics["data_cache"] == "none" and metrics["test_accuracy"] > 1 / 3
+    serve, _ = load_serving(config["export_dir"])
+    data = kt_data.load("cifar10_mini", classes=TARGET, image_size=(64, 64))
+    images, labels = (np.concatenate(a) for a in zip(*data.test.as_numpy_iterator()))
+    assert float(np.mean(serve(images)["class_ids"] == labels)) == pytest.approx(
+        metrics["test_accuracy"], abs=1e-6)
+
+
 @pytest.mark.parametrize("regularizer", ["none", "l2", "elastic_net"])
 def test_regularizer_penalizes_the_trained_kernels(tmp_path, backbone_file, monkeypatch,
                                                    regularizer):

@@ -199,8 +199,14 @@ def test_keras_applications_backbone_trains_from_scratch_and_saves_its_features(
                                features.predict_on_batch(x[:4]), atol=1e-5)
     with pytest.raises(ValueError, match="are a MobileNetV3Small, received name='ResNet50'"):
         kt.transfer.backbone("ResNet50", (32, 32, 3), weights=str(source))
+    # Larger images reach the weights resized to the size they were trained at.
+    larger = kt.transfer.backbone(None, (64, 64, 3), weights=str(source))
+    big = np.asarray(kt.data.resize(x[:4], (64, 64)))
+    np.testing.assert_allclose(
+        larger.predict_on_batch(big),
+        features.predict_on_batch(keras.layers.Resizing(32, 32)(big)), atol=1e-5)
     with pytest.raises(ValueError, match=r"take images of shape \(32, 32, 3\)"):
-        kt.transfer.backbone(None, (64, 64, 3), weights=str(source))
+        kt.transfer.backbone(None, (32, 32, 1), weights=str(source))
     with open(source / "classifier.keras", "ab") as f:
         f.write(b"tampered")
     with pytest.raises(ValueError, match="damaged or was replaced.*python -m recipes.train"):

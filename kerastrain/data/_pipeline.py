@@ -58,6 +58,7 @@ def resize(image, size, mode="stretch"):
     side with black evenly. An image already of `size` is returned as it is.
     """
     height, width = size
+    image = tf.convert_to_tensor(image)
     shape = tf.shape(image)
 
     def resized():

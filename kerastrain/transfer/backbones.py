@@ -102,7 +102,11 @@ def backbone(name, input_shape=(32, 32, 3), weights=None, *, pooling="avg",
             or source weights: the name of weights shipped in the package
             (`"cifar10-source"`, see `available_weights()`) or a directory
             written by `recipes.train --save_source_weights`, whose
-            feature extractor is returned after its sha256 is checked.
+            feature extractor is returned after its sha256 is checked. A
+            `.keras` extractor or source weights made for another image size
+            than `input_shape` get a `Resizing` layer in front that resizes
+            the images to the size they were trained at (224x224 photos reach
+            the 32x32 `"cifar10-source"` weights as 32x32 images).
             Defaults to `None`.
         pooling: `"avg"`, `"max"` or `None` (feature maps). Defaults to `"avg"`.
         trainable: initial `trainable` flag of the model. Defaults to `True`.
@@ -338,13 +342,10 @@ def _load_source_weights(weights, name, input_shape, trainable):
         raise ValueError(f"The source weights {os.fspath(weights)!r} are a {architecture}, "
                          f"received name={name!r}; pass name={architecture!r} or None")
     saved = tuple(manifest["input_shape"])
-    if input_shape is not None and saved != tuple(input_shape):
-        raise ValueError(f"The source weights {os.fspath(weights)!r} take images of shape "
-                         f"{saved}, received input_shape={tuple(input_shape)}; pass "
-                         f"input_shape={saved} (resize the data to it)")
+    _check_channels(input_shape, saved, f"The source weights {os.fspath(weights)!r} take")
     model = source_weights.feature_extractor(source_weights.load_classifier(weights),
                                              manifest.get("feature_layer"))
-    model = _under_global_policy(model)
+    model = _resized_input(_under_global_policy(model), input_shape)
     model.trainable = trainable
     return model
 
@@ -354,14 +355,31 @@ def _load_keras_file(path, name, input_shape, trainable):
         warnings.warn(f"backbone(): `name`={name!r} is ignored, the architecture "
                       f"comes from {path!r}; pass name=None", stacklevel=3)
     model = keras.saving.load_model(path, compile=False)
-    saved = tuple(model.input_shape[1:])
-    if input_shape is not None and saved != tuple(input_shape):
-        raise ValueError(f"The backbone in {path!r} takes images of shape "
-                         f"{saved}, received input_shape={tuple(input_shape)}; "
-                         f"pass input_shape={saved} (resize the data to it)")
-    model = _under_global_policy(model)
+    _check_channels(input_shape, tuple(model.input_shape[1:]),
+                    f"The backbone in {path!r} takes")
+    model = _resized_input(_under_global_policy(model), input_shape)
     model.trainable = trainable
     return model
+
+
+def _check_channels(input_shape, saved, what):
+    if input_shape is not None and (len(input_shape) != 3 or input_shape[-1] != saved[-1]):
+        raise ValueError(f"{what} images of shape {saved}, received "
+                         f"input_shape={tuple(input_shape)}; pass (height, width, "
+                         f"{saved[-1]})")
+
+
+def _resized_input(model, input_shape):
+    """`model`, or where it was trained at another image size than
+    `input_shape`'s, `images -> Resizing(its size) -> model`: features come
+    from images of the size the weights learnt (photos of 224x224 through
+    weights trained on 32x32 images see 32x32 ones)."""
+    saved = tuple(model.input_shape[1:3])
+    if input_shape is None or None in saved or tuple(input_shape[:2]) == saved:
+        return model
+    inputs = keras.Input(shape=tuple(input_shape), name="images")
+    x = keras.layers.Resizing(*saved, name="resize")(inputs)
+    return keras.Model(inputs, model(x), name="backbone")
 
 
 def _under_global_policy(model):
