@@ -100,7 +100,8 @@ def test_imagenet_without_network_says_what_to_pass(tmp_path, monkeypatch):
     # No cached weights (Keras reads $KERAS_HOME once, at import).
     monkeypatch.setattr(keras.src.backend.config, "_KERAS_DIR", str(tmp_path))
     with pytest.raises(transfer.WeightsNotAvailableError,
-                       match="pass weights= a file path.*'none'"):
+                       match=r"pass weights= the shipped source weights "
+                             r"\('cifar10-source'\), a file path.*'none'"):
         transfer.backbone("MobileNetV3Small", (32, 32, 3), weights="imagenet")
 
 

@@ -328,10 +328,11 @@ def _build_base(cls, weights, input_shape, pooling, kwargs):
                 err, (OSError, urllib.error.URLError))):
             raise WeightsNotAvailableError(
                 f"Could not download the ImageNet weights of {cls.__name__} "
-                f"({err}). Without network access pass weights= a file path "
-                "(a .keras/.weights.h5 backbone, or Keras' *_notop.h5 file "
-                "copied into ~/.keras/models or passed directly) or "
-                "weights=None / 'none' for random init") from err
+                f"({err}). Without network access pass weights= the shipped "
+                f"source weights ({', '.join(map(repr, source_weights.available_weights()))}"
+                "), a file path (a .keras/.weights.h5 backbone, or Keras' "
+                "*_notop.h5 file copied into ~/.keras/models or passed directly) "
+                "or weights=None / 'none' for random init") from err
         raise
 
 
