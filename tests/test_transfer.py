@@ -134,9 +134,15 @@ def test_scratch_classifier_sets_every_batch_norm_momentum():
             if isinstance(layer, keras.layers.BatchNormalization)} == {0.999}
 
 
-def test_keras_file_of_other_input_shape_is_refused(source_file):
-    with pytest.raises(ValueError, match=r"pass input_shape=\(32, 32, 3\)"):
-        transfer.backbone(None, (64, 64, 3), source_file)
+def test_keras_file_of_other_size_resizes_and_of_other_channels_is_refused(source_file):
+    # Larger images reach the file's network at the 32x32 it was trained at.
+    saved = keras.saving.load_model(source_file, compile=False)
+    larger = transfer.backbone(None, (64, 64, 3), source_file)
+    images = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3)).astype("float32")
+    np.testing.assert_allclose(larger.predict_on_batch(images), saved.predict_on_batch(
+        keras.layers.Resizing(32, 32)(images)), atol=1e-5)
+    with pytest.raises(ValueError, match=r"takes images of shape \(32, 32, 3\)"):
+        transfer.backbone(None, (32, 32, 1), source_file)
 
 
 # -- fine-tuning -----------------------------------------------------------------
