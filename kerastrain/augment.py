@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from kerastrain import _checks
 from kerastrain import plots
+from kerastrain.data import _epochs
 
 POLICIES = {
     "none": dict(flip=False),
@@ -271,31 +272,40 @@ class Augmentation(keras.layers.Layer):
 
         Only the images change (same shape, uint8); the rest of each element
         passes through. Batches are augmented in parallel, in order, and
-        prefetched (augmented while the model trains on earlier ones), each with
-        its own seed drawn from `tf.data.Dataset.random(seed)`, which draws a
-        fresh, reproducible sequence every epoch.
+        prefetched (augmented while the model trains on earlier ones). Batch
+        `i` of epoch `e` draws from the seed `(seed, e, i)`: each iteration of
+        the returned dataset is the next epoch (fresh draws), and
+        `kerastrain.data.set_epoch(e)` (which
+        `kerastrain.callbacks.BackupAndRestore` calls) makes the next one
+        epoch `e` in any process, so a resumed run augments as the
+        uninterrupted one did.
 
         Args:
             dataset: a `tf.data.Dataset` of image batches or of tuples whose
                 first item is the image batch.
 
         Returns:
-            A `tf.data.Dataset` with the same element structure.
+            A `tf.data.Dataset` with the same element structure (and
+            cardinality).
         """
         spec = dataset.element_spec
         self._check_images(spec[0] if isinstance(spec, tuple) else spec, "dataset")
-        seeds = tf.data.Dataset.random(seed=self.seed, rerandomize_each_iteration=True)
+        base = self.seed if self.seed is not None else int(
+            np.random.default_rng().integers(2**31))
+        batches = int(dataset.cardinality())
 
-        def augment(element, draw):
-            seed = tf.stack([draw, tf.zeros_like(draw)])
-            if isinstance(element, tuple):
-                return (self.augment_batch(element[0], seed),) + element[1:]
-            return self.augment_batch(element, seed)
+        def make_pass(epoch, skip):
+            def augment(position, element):
+                seed = _epochs.seed(base, epoch, skip + position)
+                if isinstance(element, tuple):
+                    return (self.augment_batch(element[0], seed),) + element[1:]
+                return self.augment_batch(element, seed)
 
+            return dataset.enumerate().map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+
+        ds, _ = _epochs.passes(make_pass, batches if batches >= 0 else None)
         # Prefetch: the next batches are augmented while the model trains.
-        return tf.data.Dataset.zip(dataset, seeds).map(
-            augment, num_parallel_calls=tf.data.AUTOTUNE
-        ).prefetch(tf.data.AUTOTUNE)
+        return ds.prefetch(tf.data.AUTOTUNE)
 
     # `training` defaults to False, as for `Dropout`: Keras' `model.export`
     # serves `model(x)` without it, and a served model must not augment.

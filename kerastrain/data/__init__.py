@@ -31,8 +31,8 @@ decided, before a pixel is decoded), then takes one of two paths:
 (images x height x width x 3 bytes, at `image_size` or the first image's
 size) is at most `MEMORY_FRACTION` (1/10) of the memory available now
 (Linux: `MemAvailable` of `/proc/meminfo`), and streams it otherwise: the
-in-memory path peaks at about 3x the decoded size (the array, its tensor
-and the training shuffle buffer; benchmarks/data_throughput.py). Both paths
+in-memory path peaks at about 3x the decoded size (the decoding, the array
+and its tensor; benchmarks/data_throughput.py). Both paths
 give the same splits, labels, class order and few-shot draw; for a folder
 they give the same images in the same seeded order too.
 """
@@ -49,7 +49,8 @@ import tensorflow as tf
 
 from kerastrain import _checks, _io
 from kerastrain import distribute as _distribute
-from kerastrain.data import _pipeline, _sources
+from kerastrain.data import _epochs, _pipeline, _sources
+from kerastrain.data._epochs import set_epoch  # noqa: F401
 from kerastrain.data._pipeline import (  # noqa: F401
     RESIZE_MODES, crop_decoded, decode_image, random_resized_crop, resize)
 from kerastrain.data._scan import FolderReport, check_folder  # noqa: F401
@@ -286,14 +287,49 @@ def _in_memory(source, parts, *, image_size, resize_mode, on_bad_image, batch_si
             images = images[rows]
         shape = shape or images.shape[1:]
         counts[key] = len(images)
-        ds = tf.data.Dataset.from_tensor_slices((images, part.labels[keep]))
         if key == "train":
-            ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-        if key == "train" and crop is not None:
-            ds = _cropped(ds, crop, image_size, seed)
+            splits[key] = _memory_passes(images, part.labels[keep], batch_size,
+                                         drop_remainder, seed, crop, image_size)
+            continue
+        ds = tf.data.Dataset.from_tensor_slices((images, part.labels[keep]))
         splits[key] = ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(
             tf.data.AUTOTUNE)
     return splits, counts, tuple(shape)
+
+
+def _memory_passes(images, labels, batch_size, drop_remainder, seed, crop, image_size):
+    """The training split in memory: each pass (epoch) a seeded permutation.
+
+    Images are gathered by index, so no shuffle buffer holds a second copy.
+    """
+    images, labels = tf.constant(images), tf.constant(labels)
+
+    def make_pass(epoch, skip):
+        def example(position, index):
+            image = tf.gather(images, index)
+            if crop is not None:
+                image = _pipeline.crop_decoded(image, image_size, crop,
+                                               _epochs.seed(seed, epoch, position))
+            return image, tf.gather(labels, index)
+
+        return _positions(len(labels), seed, epoch, skip * batch_size).map(
+            example, num_parallel_calls=tf.data.AUTOTUNE).batch(
+            batch_size, drop_remainder=drop_remainder)
+
+    ds, _ = _epochs.passes(make_pass, _batches(len(labels), batch_size, drop_remainder))
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _positions(count, seed, epoch, start):
+    """`(position, index)` of epoch `epoch`'s seeded order of `count`
+    examples, from position `start` on."""
+    order = tf.random.experimental.stateless_shuffle(
+        tf.range(count, dtype=tf.int64), seed=_epochs.seed(seed, epoch, -1))
+    return tf.data.Dataset.from_tensor_slices(order).enumerate().skip(start)
+
+
+def _batches(count, batch_size, drop_remainder):
+    return count // batch_size if drop_remainder else -(-count // batch_size)
 
 
 def _decoded_split(source, stored, image_size, resize_mode, on_bad_image):
@@ -348,60 +384,116 @@ def _stacked(images, names):
 def _streamed(source, part, key, shape, cache, *, image_size, resize_mode,
               on_bad_image, batch_size, drop_remainder, seed, crop):
     """One split read, decoded and resized by `tf.data` every epoch."""
-    shuffle = key == "train" and cache == "none"  # A disk cache shuffles later.
-    # Each worker of a cluster reads (and decodes) only its own files.
-    sharded = shuffle and source.random_access and _distribute.cluster_size() > 1
-    if source.random_access:
-        names = source.names(part.stored)[part.indices].astype(str)
-        ds = tf.data.Dataset.from_tensor_slices(
-            (source.payloads(part.stored, part.indices), part.labels, names))
-        if shuffle:
-            ds = ds.shuffle(len(names), seed=seed, reshuffle_each_iteration=True)
-        if sharded:
-            ds = ds.shard(tf.data.experimental.SHARD_HINT, tf.data.experimental.SHARD_HINT)
-    else:
-        label_of = np.full(len(source.labels[part.stored]), -1, np.int64)
-        label_of[part.indices] = part.labels
-        label_of = tf.constant(label_of)
-        names = tf.constant(source.names(part.stored).astype(str))
-        ds = source.stream(part.stored, shuffle_seed=seed if shuffle else None)
-        ds = ds.map(lambda index, encoded: (encoded, tf.gather(label_of, index),
-                                            tf.gather(names, index)))
-        ds = ds.filter(lambda encoded, label, name: label >= 0)
-        if shuffle:
-            ds = ds.shuffle(_pipeline.shuffle_buffer(_ENCODED_BYTES, len(part.labels)),
-                            seed=seed, reshuffle_each_iteration=True)
-    # Cropped as decoded; with a disk cache, after it (the cache holds whole images).
-    crop_now = crop is not None and key == "train" and cache == "none"
-    ds = _pipeline.streamed(ds, source.read, image_size, resize_mode, on_bad_image,
-                            shape, (crop, seed) if crop_now else None)
-    if on_bad_image == "error" and _distribute.cluster_size() == 1:
-        # Known (a cluster's workers each read a part): Keras then need not
-        # find the steps of an epoch by running out of data, with a warning.
-        ds = ds.apply(tf.data.experimental.assert_cardinality(len(part.labels)))
-    if cache != "none":
-        ds = ds.cache(_cache_file(cache, source, part, key, image_size, resize_mode))
-        if key == "train":
-            ds = ds.shuffle(_pipeline.shuffle_buffer(int(np.prod(shape)), len(part.labels)),
-                            seed=seed, reshuffle_each_iteration=True)
+    workers = _distribute.cluster_size()
+    # Known (a cluster's workers each read a part): Keras then need not find
+    # the steps of an epoch by running out of data, with a warning.
+    declared = on_bad_image == "error" and workers == 1
+    decode = dict(image_size=image_size, resize_mode=resize_mode,
+                  on_bad_image=on_bad_image, shape=shape)
+    if key != "train":
+        ds = _decoded(source, part, _stored_order(source, part), **decode)
+        if declared:
+            ds = ds.apply(tf.data.experimental.assert_cardinality(len(part.labels)))
+        if cache != "none":
+            ds = ds.cache(_cache_file(cache, source, part, key, image_size, resize_mode))
+        return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(
+            tf.data.AUTOTUNE)
+    if cache != "none":  # Decoded whole once, in stored order; shuffled after.
+        cached = _decoded(source, part, _stored_order(source, part), **decode).cache(
+            _cache_file(cache, source, part, key, image_size, resize_mode))
+        buffer = _pipeline.shuffle_buffer(int(np.prod(shape)), len(part.labels))
+
+        def make_pass(epoch, skip):
+            ds = _epochs.window_shuffle(cached, buffer, seed, epoch).enumerate().skip(
+                skip * batch_size)
             if crop is not None:
-                ds = _cropped(ds, crop, image_size, seed)
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
-    if not sharded:
+                ds = ds.map(lambda position, example: (_pipeline.crop_decoded(
+                    example[0], image_size, crop, _epochs.seed(seed, epoch, position)),
+                    example[1]), num_parallel_calls=tf.data.AUTOTUNE)
+            else:
+                ds = ds.map(lambda position, example: example)
+            return ds.batch(batch_size, drop_remainder=drop_remainder)
+    else:
+        # Each worker of a cluster reads (and decodes) only its own files: a
+        # part of the shuffled file list, or of the TFRecord shard files.
+        shard = (workers, _distribute.worker_index()) if workers > 1 else None
+        by_file = shard is not None and getattr(source, "shards_by_file", False)
+
+        def make_pass(epoch, skip):
+            order = (_shuffled_order(source, part, seed, epoch) if source.random_access
+                     else _stream_order(source, part, seed, epoch,
+                                        shard if by_file else None))
+            order = order.skip(skip * batch_size)
+            if shard is not None and not by_file:
+                order = order.shard(*shard)
+            return _decoded(source, part, order, crop=crop, seed=seed, epoch=epoch,
+                            **decode).batch(batch_size, drop_remainder=drop_remainder)
+
+    batches = _batches(len(part.labels), batch_size, drop_remainder) if declared else None
+    ds, _ = _epochs.passes(make_pass, batches)
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    if workers == 1:
         return ds
-    options = tf.data.Options()
+    options = tf.data.Options()  # Sharded above, by worker.
     options.experimental_distribute.auto_shard_policy = (
-        tf.data.experimental.AutoShardPolicy.HINT)
+        tf.data.experimental.AutoShardPolicy.OFF)
     return ds.with_options(options)
 
 
-def _cropped(ds, crop, image_size, seed):
-    """`(image, label)` elements with each image a random resized crop of it."""
-    draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-    return tf.data.Dataset.zip(ds, draws).map(
-        lambda example, draw: (_pipeline.crop_decoded(
-            example[0], image_size, crop, tf.stack([draw, tf.zeros_like(draw)])),
-            example[1]), num_parallel_calls=tf.data.AUTOTUNE)
+def _stored_order(source, part):
+    """`(position, payload, label, name)` of `part` in stored order."""
+    if source.random_access:
+        return tf.data.Dataset.from_tensor_slices(
+            (source.payloads(part.stored, part.indices), part.labels,
+             source.names(part.stored)[part.indices].astype(str))).enumerate().map(
+            lambda position, element: (position, *element))
+    return _labelled(source.stream(part.stored), source, part).enumerate().map(
+        lambda position, element: (position, *element))
+
+
+def _shuffled_order(source, part, seed, epoch):
+    """`(position, payload, label, name)` of a random-access `part` in epoch
+    `epoch`'s seeded order."""
+    payloads = tf.constant(source.payloads(part.stored, part.indices))
+    labels = tf.constant(part.labels)
+    names = tf.constant(source.names(part.stored)[part.indices].astype(str))
+    return _positions(len(part.labels), seed, epoch, 0).map(
+        lambda position, index: (position, tf.gather(payloads, index),
+                                 tf.gather(labels, index), tf.gather(names, index)))
+
+
+def _stream_order(source, part, seed, epoch, shard):
+    """`(position, payload, label, name)` of a streamed `part` in an order
+    seeded by (seed, epoch): shards shuffled and interleaved, then records
+    shuffled within windows."""
+    records = _labelled(source.stream(part.stored, shuffle_seed=_epochs.seed(seed, epoch, -2),
+                                      shard=shard), source, part)
+    buffer = _pipeline.shuffle_buffer(_ENCODED_BYTES, len(part.labels))
+    return _epochs.window_shuffle(records, buffer, seed, epoch).enumerate().map(
+        lambda position, element: (position, *element))
+
+
+def _labelled(records, source, part):
+    """`(payload, label, name)` of the `(index, payload)` records in `part`."""
+    label_of = np.full(len(source.labels[part.stored]), -1, np.int64)
+    label_of[part.indices] = part.labels
+    label_of = tf.constant(label_of)
+    names = tf.constant(source.names(part.stored).astype(str))
+    return records.map(lambda index, payload: (
+        payload, tf.gather(label_of, index), tf.gather(names, index))).filter(
+        lambda payload, label, name: label >= 0)
+
+
+def _decoded(source, part, order, *, image_size, resize_mode, on_bad_image, shape,
+             crop=None, seed=None, epoch=None):
+    """`(image, label)` of the `(position, payload, label, name)` `order`."""
+    if crop is None:
+        elements = order.map(lambda position, payload, label, name: (payload, label, name))
+    else:
+        elements = order.map(lambda position, payload, label, name: (
+            payload, label, name, _epochs.seed(seed, epoch, position)))
+    return _pipeline.streamed(elements, source.read, image_size, resize_mode,
+                              on_bad_image, shape, crop)
 
 
 def _cache_file(cache, source, part, key, image_size, resize_mode):

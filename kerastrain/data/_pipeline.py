@@ -122,12 +122,14 @@ def streamed(elements, read, image_size, resize_mode, on_bad_image, shape, crop=
     A file that cannot be read or decoded is named in an error that stops
     iteration (`on_bad_image="error"`), or skipped with a warning line that
     counts the skipped files (`"skip"`); an image of another size than
-    `shape` stops iteration with an error naming it. With `crop`, `(area,
-    seed)`, each image is a `random_resized_crop` with a new draw per
-    element and epoch, reproducible from `seed`.
+    `shape` stops iteration with an error naming it. With `crop`, an area
+    range `(low, high)`, elements are `(payload, label, name, seed)` and each
+    image is a `random_resized_crop` drawn from its stateless `[2]` seed.
     """
-    end = tf.data.Dataset.from_tensors((tf.constant(""), tf.constant(-1, tf.int64),
-                                        tf.constant("")))
+    closing = (tf.constant(""), tf.constant(-1, tf.int64), tf.constant(""))
+    if crop is not None:
+        closing += (tf.zeros([2], tf.int64),)
+    end = tf.data.Dataset.from_tensors(closing)
     # Number the elements and give each the name of the one before it: the
     # name a gap left by `ignore_errors` is reported under.
     def numbered(state, element):
@@ -137,15 +139,12 @@ def streamed(elements, read, image_size, resize_mode, on_bad_image, shape, crop=
     ds = elements.concatenate(end).scan((tf.constant(0, tf.int64), tf.constant("")),
                                         numbered)
 
-    if crop is not None:  # A draw per element, new each epoch.
-        draws = tf.data.Dataset.random(seed=crop[1], rerandomize_each_iteration=True)
-        ds = tf.data.Dataset.zip(ds, draws).map(lambda element, draw: (*element, draw))
+    def image_of(number, payload, label, name, *rest):
+        *draw, previous = rest
 
-    def image_of(number, payload, label, name, previous, draw=None):
         def image():
             if crop is not None:
-                return random_resized_crop(read(payload), image_size, crop[0],
-                                           tf.stack([draw, tf.zeros_like(draw)]))
+                return random_resized_crop(read(payload), image_size, crop, draw[0])
             x = decode_image(read(payload))
             return x if image_size is None else resize(x, image_size, resize_mode)
 

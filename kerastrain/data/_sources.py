@@ -98,16 +98,23 @@ class TFRecordSource:
     def shards(self, key):
         return [os.path.join(self.root, name) for name in self._splits[key]["shards"]]
 
-    def stream(self, key, shuffle_seed=None):
-        """`(index, encoded)` records of split `key`; with `shuffle_seed`, the
-        shard order is shuffled and four shards are read interleaved."""
-        shards = tf.data.Dataset.from_tensor_slices(self.shards(key))
+    shards_by_file = True
+
+    def stream(self, key, shuffle_seed=None, shard=None):
+        """`(index, encoded)` records of split `key`; with `shuffle_seed` (a
+        stateless `[2]` seed), the shard order is shuffled and four shards
+        are read interleaved; with `shard`, `(count, index)`, only every
+        count-th shard file from `index` on is read (one worker's files)."""
+        files = tf.constant(self.shards(key))
+        if shard is not None:
+            files = files[shard[1]::shard[0]]
         if shuffle_seed is None:
-            records = tf.data.TFRecordDataset(shards)
+            records = tf.data.TFRecordDataset(files)
         else:
-            count = len(self.shards(key))
-            records = shards.shuffle(count, seed=shuffle_seed,
-                                     reshuffle_each_iteration=True).interleave(
+            count = int(files.shape[0])
+            files = tf.gather(files, tf.random.experimental.stateless_shuffle(
+                tf.range(count), seed=shuffle_seed))
+            records = tf.data.Dataset.from_tensor_slices(files).interleave(
                 tf.data.TFRecordDataset, cycle_length=min(4, count),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
@@ -128,6 +135,7 @@ class TFDSSource:
     """A TensorFlow Datasets classification set; streamed in stored order."""
 
     random_access = False
+    shards_by_file = False
 
     @staticmethod
     def read(encoded):
@@ -146,8 +154,8 @@ class TFDSSource:
         return np.asarray([f"{self._name}:{split} example {i}"
                            for i in range(len(self.labels[key]))], dtype=object)
 
-    def stream(self, key, shuffle_seed=None):
-        del shuffle_seed  # Stored order; the caller shuffles a buffer.
+    def stream(self, key, shuffle_seed=None, shard=None):
+        del shuffle_seed, shard  # Stored order; the caller shuffles and shards.
         return _tfds.encoded(self.builder, self._splits[key]).enumerate().map(
             lambda index, example: (index, example[0]))
 

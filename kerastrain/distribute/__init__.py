@@ -203,6 +203,18 @@ def cluster_size():
     return max(1, sum(len(cluster.get(kind) or ()) for kind in ("chief", "worker")))
 
 
+def worker_index():
+    """This process's place among its cluster's chief and workers (0-based,
+    the chief first, as `MultiWorkerMirroredStrategy` orders them); 0
+    without `TF_CONFIG`. Training data shard `worker_index()` of
+    `cluster_size()` belongs to this process."""
+    task = current_task()
+    if task is None or task[0] == "chief":
+        return 0
+    has_chief = bool((_tf_config().get("cluster") or {}).get("chief"))
+    return task[1] + (1 if has_chief else 0)
+
+
 def is_chief():
     """Whether this process is the chief of its cluster (or runs alone).
 
