@@ -41,8 +41,9 @@ class BackupAndRestore(keras.callbacks.Callback):
     - **Nothing half-written.** Each backup is written to new files, then a
       small pointer file (`checkpoint.json`) is replaced atomically; a
       process killed at any moment leaves the previous backup intact.
-    - **No backup of a diverged model.** A step or epoch whose loss is NaN
-      or infinite is never backed up.
+    - **No backup of a diverged model.** Once a loss or a weight is NaN or
+      infinite nothing more is backed up, and the last good backup is kept
+      when training ends.
 
     Args:
         backup_dir: the directory of the backup (created on the first save).
@@ -77,12 +78,13 @@ class BackupAndRestore(keras.callbacks.Callback):
         self._epoch, self._offset, self._steps = 0, 0, 0
         self._metrics = None  # Saved metric values of a resumed epoch
         self._last_step = []  # Step counters after a resumed epoch's last step
+        self._diverged = False  # A non-finite loss was seen: no more backups
         self._quiet = None
 
     # -- training events ----------------------------------------------------
 
     def on_train_begin(self, logs=None):
-        self.restored, self._metrics = None, None
+        self.restored, self._metrics, self._diverged = None, None, False
         pointer = read_pointer(self.backup_dir)
         if pointer is None:
             return
@@ -119,9 +121,10 @@ class BackupAndRestore(keras.callbacks.Callback):
         self._steps += 1
         if self._offset:
             self._last_step = self._counters()
-        if self.save_freq != "epoch" and self._steps % self.save_freq == 0:
-            if _finite(logs):
-                self.save(self._epoch, self._offset + batch + 1)
+        if not _finite(logs):
+            self._diverged = True
+        elif self.save_freq != "epoch" and self._steps % self.save_freq == 0:
+            self.save(self._epoch, self._offset + batch + 1)
 
     def on_epoch_end(self, epoch, logs=None):
         if self._quiet is not None:
@@ -133,11 +136,12 @@ class BackupAndRestore(keras.callbacks.Callback):
             for variable, value in zip(self._counter_variables(), self._last_step):
                 variable.assign(value)
         self.restored = None
-        if _finite(logs):
+        if _finite(logs) and not self._diverged:
             self.save(epoch + 1, 0)
 
     def on_train_end(self, logs=None):
-        if self.delete_checkpoint and not self.model.stop_training:
+        # A diverged run keeps its last good backup.
+        if self.delete_checkpoint and not self._diverged:
             _io.remove(self.backup_dir)
 
     def _counter_variables(self):
@@ -151,7 +155,15 @@ class BackupAndRestore(keras.callbacks.Callback):
     # -- the backup ----------------------------------------------------------
 
     def save(self, epoch, step):
-        """Backs up the model now as `step` steps into epoch `epoch`."""
+        """Backs up the model now as `step` steps into epoch `epoch`; a model
+        with a non-finite weight is not backed up (nor anything after it).
+        The loss a step reports is computed before its update, so the
+        weights themselves are checked."""
+        weights = [np.asarray(v) for v in self.model.weights]
+        if self._diverged or not all(np.isfinite(w).all() for w in weights
+                                     if np.issubdtype(w.dtype, np.floating)):
+            self._diverged = True
+            return
         os.makedirs(self.backup_dir, exist_ok=True)
         name = f"state-{epoch:06d}-{step:09d}"
         prefix = os.path.join(self.backup_dir, name)
