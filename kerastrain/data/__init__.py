@@ -404,24 +404,24 @@ def _streamed(source, part, key, shape, cache, *, image_size, resize_mode,
         buffer = _pipeline.shuffle_buffer(int(np.prod(shape)), len(part.labels))
 
         def make_pass(epoch, skip):
-            ds = _epochs.window_shuffle(cached, buffer, seed, epoch).enumerate().skip(
-                skip * batch_size)
+            ds = _epochs.window_shuffle(cached, buffer, seed, epoch)
             if crop is not None:
-                ds = ds.map(lambda position, example: (_pipeline.crop_decoded(
+                ds = ds.enumerate().map(lambda position, example: (_pipeline.crop_decoded(
                     example[0], image_size, crop, _epochs.seed(seed, epoch, position)),
                     example[1]), num_parallel_calls=tf.data.AUTOTUNE)
-            else:
-                ds = ds.map(lambda position, example: example)
-            return ds.batch(batch_size, drop_remainder=drop_remainder)
+            return ds.skip(skip * batch_size).batch(batch_size, drop_remainder=drop_remainder)
     else:
         # Each worker of a cluster reads (and decodes) only its own files: a
         # part of the shuffled file list, or of the TFRecord shard files.
         shard = (workers, _distribute.worker_index()) if workers > 1 else None
         by_file = shard is not None and getattr(source, "shards_by_file", False)
+        # Made once, outside the pass function: captured, not copied into
+        # its graph (a file list may hold a million paths).
+        table = _table(source, part)
 
         def make_pass(epoch, skip):
-            order = (_shuffled_order(source, part, seed, epoch) if source.random_access
-                     else _stream_order(source, part, seed, epoch,
+            order = (_shuffled_order(table, part, seed, epoch) if source.random_access
+                     else _stream_order(source, table, part, seed, epoch,
                                         shard if by_file else None))
             order = order.skip(skip * batch_size)
             if shard is not None and not by_file:
@@ -440,45 +440,52 @@ def _streamed(source, part, key, shape, cache, *, image_size, resize_mode,
     return ds.with_options(options)
 
 
+def _table(source, part):
+    """Tensors to look `part`'s examples up in: for a random-access source
+    `(payloads, labels, names)` of its examples, for a streamed one
+    `(label of each stored index, -1 outside part; name of each)`."""
+    if source.random_access:
+        return (tf.constant(source.payloads(part.stored, part.indices)),
+                tf.constant(part.labels),
+                tf.constant(source.names(part.stored)[part.indices].astype(str)))
+    label_of = np.full(len(source.labels[part.stored]), -1, np.int64)
+    label_of[part.indices] = part.labels
+    return tf.constant(label_of), tf.constant(source.names(part.stored).astype(str))
+
+
 def _stored_order(source, part):
     """`(position, payload, label, name)` of `part` in stored order."""
     if source.random_access:
-        return tf.data.Dataset.from_tensor_slices(
-            (source.payloads(part.stored, part.indices), part.labels,
-             source.names(part.stored)[part.indices].astype(str))).enumerate().map(
-            lambda position, element: (position, *element))
-    return _labelled(source.stream(part.stored), source, part).enumerate().map(
-        lambda position, element: (position, *element))
+        elements = tf.data.Dataset.from_tensor_slices(_table(source, part))
+    else:
+        elements = _labelled(source.stream(part.stored), _table(source, part))
+    return elements.enumerate().map(lambda position, element: (position, *element))
 
 
-def _shuffled_order(source, part, seed, epoch):
+def _shuffled_order(table, part, seed, epoch):
     """`(position, payload, label, name)` of a random-access `part` in epoch
     `epoch`'s seeded order."""
-    payloads = tf.constant(source.payloads(part.stored, part.indices))
-    labels = tf.constant(part.labels)
-    names = tf.constant(source.names(part.stored)[part.indices].astype(str))
+    payloads, labels, names = table
     return _positions(len(part.labels), seed, epoch, 0).map(
         lambda position, index: (position, tf.gather(payloads, index),
                                  tf.gather(labels, index), tf.gather(names, index)))
 
 
-def _stream_order(source, part, seed, epoch, shard):
+def _stream_order(source, table, part, seed, epoch, shard):
     """`(position, payload, label, name)` of a streamed `part` in an order
     seeded by (seed, epoch): shards shuffled and interleaved, then records
     shuffled within windows."""
     records = _labelled(source.stream(part.stored, shuffle_seed=_epochs.seed(seed, epoch, -2),
-                                      shard=shard), source, part)
+                                      shard=shard), table)
     buffer = _pipeline.shuffle_buffer(_ENCODED_BYTES, len(part.labels))
     return _epochs.window_shuffle(records, buffer, seed, epoch).enumerate().map(
         lambda position, element: (position, *element))
 
 
-def _labelled(records, source, part):
-    """`(payload, label, name)` of the `(index, payload)` records in `part`."""
-    label_of = np.full(len(source.labels[part.stored]), -1, np.int64)
-    label_of[part.indices] = part.labels
-    label_of = tf.constant(label_of)
-    names = tf.constant(source.names(part.stored).astype(str))
+def _labelled(records, table):
+    """`(payload, label, name)` of the `(index, payload)` records in the part
+    `table` (`_table` of a streamed source) describes."""
+    label_of, names = table
     return records.map(lambda index, payload: (
         payload, tf.gather(label_of, index), tf.gather(names, index))).filter(
         lambda payload, label, name: label >= 0)
